@@ -1,1 +1,219 @@
-fn main(){}
+//! `coordinator`: registers lanmesh nodes, hands out mesh IPs and tells every node about its
+//! peers.
+
+mod control;
+mod data_dir;
+mod registry;
+mod serve;
+mod store;
+
+#[cfg(test)]
+mod control_tests;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+use lanmesh_common::{init_logging, load_config, parse_duration, unix_ms};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "coordinator", version, about = "The lanmesh coordinator: registers nodes, \
+    exchanges their WireGuard keys, hands out mesh IPs and tracks who is online")]
+struct Cli {
+    /// More logging: -v for debug, -vv for trace (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator in the foreground.
+    Serve(serve::ServeArgs),
+    /// Manage join keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// List and remove nodes.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+}
+
+#[derive(Args, Clone)]
+pub struct DataDirArg {
+    /// Where the coordinator keeps its key and database
+    /// [default: /var/lib/lanmesh-coordinator as root, else ~/.local/share/lanmesh-coordinator].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a join key and print it (the last line of output is the key).
+    Create {
+        /// Let the key admit any number of nodes (default: one node only).
+        #[arg(long)]
+        reusable: bool,
+        /// How long the key stays valid: 90s, 30m, 24h, 7d, or "never".
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        expires: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// List join keys (ids only; secrets are never stored).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Revoke a join key by its id (from `keys list`).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// List registered nodes.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Nodes silent for longer than this many seconds show as offline.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        offline_after: u64,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Remove a node: its peers drop it within a second and it must join again with a key.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = load_config(args.config.as_deref())?;
+            serve::run(args, config)
+        }
+        Command::Keys(KeysCommand::Create {
+            reusable,
+            expires,
+            dir,
+        }) => {
+            let dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            let expires = match expires.as_str() {
+                "never" => None,
+                text => Some(parse_duration(text).map_err(anyhow::Error::msg)?),
+            };
+            let key = dd.create_join_key(reusable, expires)?;
+            let kind = if reusable { "reusable" } else { "one-off" };
+            let until = expires.map_or("never expires".to_string(), |d| {
+                format!("expires in {}", human_duration(d))
+            });
+            println!("New {kind} join key ({until}). Join a node with:");
+            println!("  sudo node up --coordinator <this-host>:<port> --auth-key {key}");
+            println!("{key}");
+            Ok(())
+        }
+        Command::Keys(KeysCommand::List { json, dir }) => {
+            let dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            let keys = dd.store.list_keys()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+                return Ok(());
+            }
+            let now = unix_ms();
+            println!("{:<18} {:<9} {:<6} {:<10} STATE", "ID", "KIND", "USES", "EXPIRES");
+            for k in keys {
+                let kind = if k.reusable { "reusable" } else { "one-off" };
+                let expires = k.expires_ms.map_or("never".into(), |e| {
+                    if e <= now {
+                        "expired".into()
+                    } else {
+                        format!("in {}", human_duration(Duration::from_millis(e - now)))
+                    }
+                });
+                let state = if k.revoked {
+                    "revoked"
+                } else if k.usable(now) {
+                    "usable"
+                } else {
+                    "spent"
+                };
+                println!("{:<18} {kind:<9} {:<6} {expires:<10} {state}", k.id, k.uses);
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Revoke { id, dir }) => {
+            let dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            match dd.store.revoke_key(id.trim())? {
+                0 => bail!("no join key with id {id}: see `coordinator keys list`"),
+                _ => println!("revoked join key {id}"),
+            }
+            Ok(())
+        }
+        Command::Nodes(NodesCommand::List {
+            json,
+            offline_after,
+            dir,
+        }) => {
+            let mut dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            let nodes = dd.list_nodes(Duration::from_secs(offline_after))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<16} {:<8} {:<12} ENDPOINT",
+                "NAME", "MESH IP", "ONLINE", "LAST SEEN"
+            );
+            for n in nodes {
+                println!(
+                    "{:<24} {:<16} {:<8} {:<12} {}",
+                    n.name,
+                    n.mesh_ip,
+                    if n.online { "yes" } else { "no" },
+                    format!("{} ago", human_duration(Duration::from_secs(n.last_seen_secs_ago))),
+                    n.endpoint.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        Command::Nodes(NodesCommand::Remove { name, dir }) => {
+            let dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            if !dd.store.remove_node(&name)? {
+                bail!("no node named {name:?}: see `coordinator nodes list`");
+            }
+            println!("removed node {name}");
+            Ok(())
+        }
+    }
+}
+
+/// "42s", "5m", "3h", "2d".
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}

@@ -7,6 +7,7 @@ pub mod channel;
 pub mod header;
 pub mod join_key;
 pub mod key;
+pub mod log_limit;
 pub mod messages;
 pub mod replay;
 

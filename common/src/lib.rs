@@ -1,0 +1,121 @@
+//! Command-line plumbing shared by the lanmesh binaries.
+
+use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Logs go to stderr; `-v` raises the level (info → debug → trace), `RUST_LOG` overrides.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Reads a TOML config file. Errors name the file and, for syntax errors, the line.
+pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    match toml::from_str(&text) {
+        Ok(cfg) => Ok(cfg),
+        Err(e) => {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let what = e.message().to_string();
+            match line {
+                Some(l) => bail!("config file {} line {l}: {what}", path.display()),
+                None => bail!("config file {}: {what}", path.display()),
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d` (or a bare number of seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{text:?} has an unknown unit; use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[derive(serde::Deserialize, Default, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Cfg {
+        #[allow(dead_code)]
+        port: Option<u16>,
+    }
+
+    #[test]
+    fn config_errors_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("lm-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "# comment\n\nport = \"x\"\n").unwrap();
+        let e = load_config::<Cfg>(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+        std::fs::write(&path, "port = 5\n").unwrap();
+        assert!(load_config::<Cfg>(Some(&path)).is_ok());
+        assert!(load_config::<Cfg>(Some(&dir.join("missing.toml")))
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,186 @@
+//! `coordinator serve`: the tokio driver around [`ControlServer`]. It only moves datagrams,
+//! fires timers and polls the database for admin changes.
+
+use crate::control::{ControlServer, Settings};
+use crate::data_dir::DataDir;
+use crate::registry::Registry;
+use anyhow::{bail, Context};
+use clap::Args;
+use ipnet::Ipv4Net;
+use lanmesh_common::unix_ms;
+use lanmesh_proto::{DEFAULT_COORDINATOR_PORT, DEFAULT_NETWORK};
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// UDP address to listen on [default: 0.0.0.0:3478].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub dir: crate::DataDirArg,
+    /// Mesh network to hand addresses out of [default: 100.64.0.0/10].
+    #[arg(long, value_name = "CIDR")]
+    pub network: Option<Ipv4Net>,
+    /// Let any node join without a join key (only for a network you trust, like a LAN party).
+    #[arg(long)]
+    pub open: bool,
+    /// Show nodes as offline after this many seconds of silence [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub offline_after: Option<u64>,
+    /// TOML config file; flags given on the command line win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `coordinator serve` settings from a config file (see configs/coordinator.toml).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    network: Option<Ipv4Net>,
+    open: Option<bool>,
+    offline_after_secs: Option<u64>,
+}
+
+pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
+    let listen = args
+        .listen
+        .or(config.listen)
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_COORDINATOR_PORT)));
+    let network = args
+        .network
+        .or(config.network)
+        .unwrap_or_else(|| DEFAULT_NETWORK.parse().expect("default network"));
+    let open = args.open || config.open.unwrap_or(false);
+    let offline_after = args.offline_after.or(config.offline_after_secs).unwrap_or(60);
+    if offline_after < 4 {
+        bail!("--offline-after must be at least 4 seconds");
+    }
+    let data_dir = args.dir.data_dir.or(config.data_dir);
+    let dd = DataDir::open(data_dir.as_deref(), Some(network))?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(dd, listen, network, open, offline_after))
+}
+
+async fn serve(
+    dd: DataDir,
+    listen: SocketAddr,
+    network: Ipv4Net,
+    open: bool,
+    offline_after: u64,
+) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(listen).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "UDP {listen} is already in use (another coordinator?): stop it or pick another \
+             address with --listen"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!(
+            "{} is not an address of this machine: pick one of its addresses with --listen",
+            listen.ip()
+        ),
+        _ => anyhow::anyhow!("cannot listen on UDP {listen}: {e}"),
+    })?;
+    let fresh_key = if dd.has_usable_key()? {
+        None
+    } else {
+        Some(dd.create_join_key(true, Some(Duration::from_secs(24 * 3600)))?)
+    };
+    print_banner(&dd, listen, network, open, fresh_key.as_ref());
+
+    // A node that heartbeats at a quarter of the offline timeout misses three beats first.
+    let heartbeat_secs = (offline_after / 4).clamp(1, 15) as u16;
+    let registry = Registry::new(network, offline_after * 1000);
+    let settings = Settings {
+        open,
+        heartbeat_secs,
+    };
+    let mut core = ControlServer::new(dd.private, dd.store, registry, settings, rand::random())
+        .context("cannot load nodes from the database")?;
+    info!(nodes = core.registry().len(), "coordinator ready");
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut store_poll = tokio::time::interval(Duration::from_millis(250));
+    let mut buf = vec![0u8; 2048];
+    loop {
+        while let Some(t) = core.poll_transmit() {
+            if let Err(e) = socket.send_to(&t.payload, t.dst).await {
+                warn!(dst = %t.dst, "send failed: {e}");
+            }
+        }
+        let wake = core
+            .poll_timeout()
+            .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, src)) => core.handle_datagram(unix_ms(), src, &buf[..n]),
+                Err(e) => warn!("receive failed: {e}"),
+            },
+            _ = tokio::time::sleep(wake) => core.handle_timeout(unix_ms()),
+            _ = store_poll.tick() => core.handle_store_change(unix_ms()),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("coordinator stopped");
+    Ok(())
+}
+
+fn print_banner(
+    dd: &DataDir,
+    listen: SocketAddr,
+    network: Ipv4Net,
+    open: bool,
+    fresh_key: Option<&lanmesh_proto::JoinKey>,
+) {
+    println!("lanmesh coordinator listening on udp {listen}");
+    println!("  public key:   {}", dd.public);
+    println!("  mesh network: {network}");
+    println!("  data dir:     {}", dd.path.display());
+    if open {
+        println!();
+        println!("  !!! OPEN MODE: ANY node that can reach this port may join without a key. !!!");
+        println!("  !!! Use it only on a network you trust, e.g. for a LAN party.            !!!");
+    }
+    let host = join_address(listen);
+    println!();
+    match (fresh_key, open) {
+        (_, true) => println!("Join a node with:\n  sudo node up --coordinator {host}"),
+        (Some(key), false) => println!(
+            "Join a node with this new reusable key (valid 24h):\n  sudo node up --coordinator {host} --auth-key {key}"
+        ),
+        (None, false) => println!(
+            "Join a node with a key from `coordinator keys create`:\n  sudo node up --coordinator {host} --auth-key <KEY>"
+        ),
+    }
+    println!();
+}
+
+/// The address nodes should use: the listen address, or this machine's first non-loopback
+/// address when listening on all of them.
+fn join_address(listen: SocketAddr) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.to_string();
+    }
+    let ip = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .find(|ip| matches!(ip, IpAddr::V4(v4) if !v4.is_loopback()));
+    match ip {
+        Some(ip) => SocketAddr::new(ip, listen.port()).to_string(),
+        None => format!("<this-host>:{}", listen.port()),
+    }
+}
