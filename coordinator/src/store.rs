@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS join_keys (
 );
 ";
 
+/// secret_hash, reusable, expires_ms, uses, revoked
+type KeyCheckRow = (Vec<u8>, bool, Option<i64>, i64, bool);
+
 pub struct SqliteStore {
     conn: Connection,
     data_version: i64,
@@ -221,7 +224,7 @@ impl SqliteStore {
         now_ms: u64,
     ) -> Result<(), AdmitError> {
         let storage = |e: rusqlite::Error| AdmitError::Storage(e.to_string());
-        let row: Option<(Vec<u8>, bool, Option<i64>, i64, bool)> = tx
+        let row: Option<KeyCheckRow> = tx
             .query_row(
                 "SELECT secret_hash, reusable, expires_ms, uses, revoked
                  FROM join_keys WHERE id = ?1",

@@ -1,1 +1,223 @@
-fn main(){}
+//! `node`: joins this machine to a lanmesh network.
+
+mod api;
+mod control;
+mod daemon;
+mod mesh;
+mod netconf;
+mod state;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use lanmesh_common::{init_logging, load_config};
+use lanmesh_proto::{JoinKey, DEFAULT_NODE_PORT};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "node", version, about = "A lanmesh node: puts this machine on the mesh VPN")]
+struct Cli {
+    /// More logging: -v for debug, -vv for trace (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct StateDirArg {
+    /// Where the node keeps its key and control socket [default: /var/lib/lanmesh].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the mesh and run in the foreground until stopped (Ctrl-C, SIGTERM or `node down`).
+    Up(UpArgs),
+    /// Stop the running node daemon (removes the mesh interface).
+    Down {
+        #[command(flatten)]
+        dir: StateDirArg,
+    },
+    /// Show this node and its peers.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: StateDirArg,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// The coordinator, as HOST or HOST:PORT [default port: 3478].
+    #[arg(long, value_name = "HOST[:PORT]")]
+    coordinator: Option<String>,
+    /// Join key from `coordinator keys create` (needed the first time, unless the coordinator
+    /// runs with --open).
+    #[arg(long, value_name = "KEY", env = "LANMESH_AUTH_KEY", hide_env_values = true)]
+    auth_key: Option<String>,
+    /// Name of this node in the mesh [default: the hostname].
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    dir: StateDirArg,
+    /// Name of the mesh network interface [default: lanmesh0].
+    #[arg(long, value_name = "NAME")]
+    interface: Option<String>,
+    /// UDP port for WireGuard and control traffic [default: 41641].
+    #[arg(long, value_name = "N")]
+    port: Option<u16>,
+    /// TOML config file; flags given on the command line win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// `node up` settings from a config file (see configs/node.toml).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeConfig {
+    coordinator: Option<String>,
+    auth_key: Option<String>,
+    name: Option<String>,
+    state_dir: Option<PathBuf>,
+    interface: Option<String>,
+    port: Option<u16>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if let Err(e) = run(cli.command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(args) => {
+            let cfg: NodeConfig = load_config(args.config.as_deref())?;
+            let Some(coordinator) = args.coordinator.or(cfg.coordinator) else {
+                bail!("say which coordinator to join: node up --coordinator HOST[:PORT]");
+            };
+            let auth_key = match args.auth_key.or(cfg.auth_key) {
+                Some(text) => Some(
+                    text.parse::<JoinKey>()
+                        .map_err(|e| anyhow::anyhow!("bad --auth-key: {e}"))?,
+                ),
+                None => None,
+            };
+            let interface = args
+                .interface
+                .or(cfg.interface)
+                .unwrap_or_else(|| "lanmesh0".into());
+            if interface.is_empty() || interface.len() > 15 || interface.contains('/') {
+                bail!("bad --interface {interface:?}: use 1 to 15 characters, no '/'");
+            }
+            let opts = daemon::UpOptions {
+                coordinator,
+                auth_key,
+                name: args.name.or(cfg.name).unwrap_or_else(hostname),
+                state: state::StateDir::new(args.dir.state_dir.or(cfg.state_dir)),
+                interface,
+                port: args.port.or(cfg.port).unwrap_or(DEFAULT_NODE_PORT),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(daemon::run(opts))
+        }
+        Command::Down { dir } => {
+            let state = state::StateDir::new(dir.state_dir);
+            match api::call(&state.socket(), &api::Request::Down)? {
+                api::Response::GoingDown => {}
+                other => bail!("unexpected answer from the daemon: {other:?}"),
+            }
+            // Wait until the daemon has removed its interface and socket.
+            for _ in 0..50 {
+                if !state.socket().exists() {
+                    println!("node stopped");
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bail!("the node daemon did not stop within 5 s")
+        }
+        Command::Status { json, dir } => {
+            let state = state::StateDir::new(dir.state_dir);
+            let api::Response::Status(status) = api::call(&state.socket(), &api::Request::Status)?
+            else {
+                bail!("unexpected answer from the daemon");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_status(s: &api::Status) {
+    let coord = if s.coordinator_connected {
+        "connected"
+    } else {
+        "not connected"
+    };
+    println!(
+        "{} {} (coordinator {} {coord})",
+        if s.name.is_empty() { "(registering)" } else { &s.name },
+        s.mesh_ip,
+        s.coordinator
+    );
+    println!(
+        "{:<20} {:<15} {:<7} {:<28} {:<10} {:>9} {:>9}",
+        "PEER", "MESH IP", "ONLINE", "PATH", "HANDSHAKE", "RX", "TX"
+    );
+    for p in &s.peers {
+        let path = match (&p.path[..], &p.endpoint) {
+            ("direct", Some(ep)) => format!("direct {ep}"),
+            (other, _) => other.to_string(),
+        };
+        let hs = p
+            .last_handshake_secs
+            .map_or("-".to_string(), |s| format!("{s}s ago"));
+        println!(
+            "{:<20} {:<15} {:<7} {:<28} {:<10} {:>9} {:>9}",
+            p.name,
+            p.mesh_ip,
+            if p.online { "yes" } else { "no" },
+            path,
+            hs,
+            human_bytes(p.rx_bytes),
+            human_bytes(p.tx_bytes)
+        );
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

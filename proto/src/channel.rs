@@ -101,6 +101,13 @@ impl Initiator {
         self.session
     }
 
+    /// Whether `datagram` claims to be the Welcome for this handshake (a cheap check before
+    /// [`Initiator::finish`], which spends the handshake state).
+    pub fn answers(&self, datagram: &[u8]) -> bool {
+        expect_kind(datagram, ControlKind::Welcome, HEADER_LEN + 8 + 32 + TAG).is_ok()
+            && u32_at(datagram, HEADER_LEN + 4) == self.session
+    }
+
     /// Reads the coordinator's Welcome. An accepted welcome yields the session; a rejection
     /// yields no session (the rejection is still authenticated).
     pub fn finish(mut self, datagram: &[u8]) -> Result<(Welcome, Option<Session>), ChannelError> {

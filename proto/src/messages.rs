@@ -203,7 +203,7 @@ mod tests {
             public_key: PublicKey([i; 32]),
             mesh_ip: Ipv4Addr::new(100, 64, 0, i),
             endpoints: vec!["203.0.113.7:41641".parse().unwrap()],
-            online: i % 2 == 0,
+            online: i.is_multiple_of(2),
         }
     }
 

@@ -1,0 +1,397 @@
+//! `node up`: the tokio driver. It owns the UDP socket, the TUN device, the timers and the
+//! local control socket, and feeds them to the sans-IO [`ControlClient`] and [`Mesh`].
+
+use crate::api::{PeerStatus, Request, Response, Status};
+use crate::control::{ControlClient, Event, Trust};
+use crate::mesh::{Io, Mesh, SCRATCH_LEN};
+use crate::netconf;
+use crate::state::StateDir;
+use anyhow::{bail, Context};
+use lanmesh_proto::header::{classify, PacketClass};
+use lanmesh_proto::{JoinKey, PublicKey, DEFAULT_COORDINATOR_PORT};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UdpSocket, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+pub struct UpOptions {
+    pub coordinator: String,
+    pub auth_key: Option<JoinKey>,
+    pub name: String,
+    pub state: StateDir,
+    pub interface: String,
+    pub port: u16,
+}
+
+/// What the node has been told about itself.
+struct Identity {
+    name: String,
+    mesh_ip: Ipv4Addr,
+    network: ipnet::Ipv4Net,
+}
+
+type ApiCall = (Request, oneshot::Sender<Response>);
+
+struct SocketIo<'a> {
+    udp: &'a UdpSocket,
+    tun: Option<&'a tun_rs::AsyncDevice>,
+}
+
+impl Io for SocketIo<'_> {
+    fn send_udp(&mut self, dst: SocketAddr, datagram: &[u8]) {
+        // A full socket buffer drops the datagram, like a full NIC queue would.
+        let _ = self.udp.try_send_to(datagram, dst);
+    }
+
+    fn write_tun(&mut self, packet: &[u8]) {
+        if let Some(tun) = self.tun {
+            let _ = tun.try_send(packet);
+        }
+    }
+}
+
+fn bind_socket(port: u16) -> anyhow::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    // Our own packets must never be routed into the mesh interface (see netconf).
+    socket
+        .set_mark(netconf::FWMARK)
+        .context("cannot mark the node's socket (needs CAP_NET_ADMIN): run with sudo")?;
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    socket.bind(&addr.into()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "UDP port {port} is already in use (another node daemon?): stop it or pick another \
+             port with --port"
+        ),
+        _ => anyhow::anyhow!("cannot bind UDP port {port}: {e}"),
+    })?;
+    Ok(UdpSocket::from_std(socket.into())?)
+}
+
+/// `HOST[:PORT]` with the default port filled in (IPv6 literals may be bare or bracketed).
+fn coordinator_target(text: &str) -> String {
+    if text.parse::<SocketAddr>().is_ok() {
+        return text.to_string();
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return SocketAddr::new(ip, DEFAULT_COORDINATOR_PORT).to_string();
+    }
+    match text.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => text.to_string(),
+        _ => format!("{text}:{DEFAULT_COORDINATOR_PORT}"),
+    }
+}
+
+/// Resolves the coordinator, retrying (and saying so) until it works.
+async fn resolve(target: &str) -> SocketAddr {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match tokio::net::lookup_host(target).await {
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                if let Some(a) = addrs.iter().find(|a| a.is_ipv4()) {
+                    return *a;
+                }
+                warn!("coordinator {target} has no IPv4 address; retrying in {}s", wait.as_secs());
+            }
+            Err(e) => warn!(
+                "cannot resolve coordinator {target}: {e}; retrying in {}s",
+                wait.as_secs()
+            ),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn serve_api(listener: UnixListener, calls: mpsc::Sender<ApiCall>) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                let mut reader = BufReader::new(read.take_limited());
+                if reader.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let Ok(request) = serde_json::from_str::<Request>(&line) else {
+                    return;
+                };
+                let (tx, rx) = oneshot::channel();
+                if calls.send((request, tx)).await.is_err() {
+                    return;
+                }
+                if let Ok(response) = rx.await {
+                    if let Ok(mut text) = serde_json::to_string(&response) {
+                        text.push('\n');
+                        let _ = write.write_all(text.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Limits how much a local client can make the daemon buffer.
+trait TakeLimited: tokio::io::AsyncRead + Sized {
+    fn take_limited(self) -> tokio::io::Take<Self> {
+        tokio::io::AsyncReadExt::take(self, 4096)
+    }
+}
+impl<T: tokio::io::AsyncRead> TakeLimited for T {}
+
+fn open_api(state: &StateDir) -> anyhow::Result<UnixListener> {
+    let path = state.socket();
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        bail!(
+            "a node daemon is already running with state dir {}: stop it with `node down` first",
+            state.path.display()
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
+    if !netconf::has_net_admin() {
+        bail!("node up needs root (or CAP_NET_ADMIN) to create its network interface: run it with sudo");
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        bail!("/dev/net/tun is missing: load the tun module (sudo modprobe tun)");
+    }
+    opts.state.create()?;
+    let private = opts.state.private_key()?;
+    let secret = x25519_dalek::StaticSecret::from(private);
+    let public = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
+    let udp = bind_socket(opts.port)?;
+    let listener = open_api(&opts.state)?;
+    let (api_tx, mut api_rx) = mpsc::channel::<ApiCall>(16);
+    serve_api(listener, api_tx);
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let target = coordinator_target(&opts.coordinator);
+    let coordinator = tokio::select! {
+        a = resolve(&target) => a,
+        _ = sigterm.recv() => return cleanup(&opts.state, None),
+        _ = sigint.recv() => return cleanup(&opts.state, None),
+    };
+    let trust = match (&opts.auth_key, opts.state.pinned_coordinator()?) {
+        (Some(k), _) => Trust::JoinKey(k.coordinator),
+        (None, Some(pinned)) => Trust::Pinned(pinned),
+        (None, None) => Trust::FirstUse,
+    };
+    info!(%public, %coordinator, "node starting; registering with the coordinator");
+    let epoch = Instant::now();
+    let mut control = ControlClient::new(
+        private,
+        coordinator,
+        trust,
+        opts.auth_key.map(|k| k.secret),
+        opts.name.clone(),
+        epoch,
+        rand::random(),
+    );
+    let mut mesh = Mesh::new(secret, epoch);
+    let mut identity: Option<Identity> = None;
+    let mut tun: Option<tun_rs::AsyncDevice> = None;
+
+    let mut rx_buf = vec![0u8; SCRATCH_LEN];
+    let mut tun_buf = vec![0u8; SCRATCH_LEN];
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let result: anyhow::Result<()> = loop {
+        while let Some(t) = control.poll_transmit() {
+            let _ = udp.send_to(&t.payload, t.dst).await;
+        }
+        let mut fatal = None;
+        while let Some(event) = control.poll_event() {
+            let mut io = SocketIo {
+                udp: &udp,
+                tun: tun.as_ref(),
+            };
+            match event {
+                Event::Pin(key) => {
+                    info!(coordinator_key = %key, "pinned the coordinator's key on first use");
+                    opts.state.pin_coordinator(&key)?;
+                }
+                Event::Registered {
+                    name,
+                    mesh_ip,
+                    network,
+                    endpoint,
+                } => {
+                    if let Trust::JoinKey(k) = trust {
+                        if opts.state.pinned_coordinator()? != Some(k) {
+                            opts.state.pin_coordinator(&k)?;
+                        }
+                    }
+                    match &identity {
+                        None => {
+                            info!(%name, %mesh_ip, %network, public_endpoint = %endpoint, "registered");
+                            let device = netconf::create_tun(&opts.interface, mesh_ip)?;
+                            netconf::install_routes(&opts.interface, mesh_ip, network)?;
+                            info!(interface = %opts.interface, "mesh interface up");
+                            tun = Some(device);
+                        }
+                        Some(old) => {
+                            info!(%name, %mesh_ip, "reconnected to the coordinator");
+                            if old.mesh_ip != mesh_ip || old.network != network {
+                                warn!(old = %old.mesh_ip, new = %mesh_ip, "the coordinator gave this node a new mesh IP");
+                                netconf::readdress(&opts.interface, old.mesh_ip, mesh_ip, network)?;
+                            }
+                        }
+                    }
+                    identity = Some(Identity {
+                        name,
+                        mesh_ip,
+                        network,
+                    });
+                }
+                Event::PeerMap(peers) => mesh.apply_peer_map(peers, &mut scratch, &mut io),
+                Event::Unreachable { retry_in } => warn!(
+                    "coordinator {coordinator} is not answering; retrying in {}s{}",
+                    retry_in.as_secs(),
+                    if tun.is_some() { " (existing tunnels keep working)" } else { "" }
+                ),
+                Event::Lost => warn!(
+                    "lost contact with coordinator {coordinator}; reconnecting (existing tunnels keep working)"
+                ),
+                Event::Fatal(message) => fatal = Some(message),
+            }
+        }
+        if let Some(message) = fatal {
+            break Err(anyhow::anyhow!(message));
+        }
+        let wake = control
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let tun_ref = tun.as_ref();
+        let tun_read = async {
+            match tun_ref {
+                Some(t) => t.recv(&mut tun_buf).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = udp.recv_from(&mut rx_buf) => {
+                let now = Instant::now();
+                if let Ok((n, src)) = r {
+                    let datagram = &rx_buf[..n];
+                    match classify(datagram) {
+                        PacketClass::WireGuard => {
+                            let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
+                            mesh.handle_datagram(now, src, datagram, &mut scratch, &mut io);
+                        }
+                        PacketClass::Control => control.handle_datagram(now, src, datagram),
+                        _ => {}
+                    }
+                }
+            }
+            r = tun_read => {
+                if let Ok(n) = r {
+                    let now = Instant::now();
+                    let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
+                    mesh.handle_tun_packet(now, &tun_buf[..n], &mut scratch, &mut io);
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => control.handle_timeout(Instant::now()),
+            _ = ticker.tick() => {
+                let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
+                mesh.tick(&mut scratch, &mut io);
+            }
+            Some((request, reply)) = api_rx.recv() => match request {
+                Request::Status => {
+                    let _ = reply.send(Response::Status(status(&identity, &public, &control, &mesh)));
+                }
+                Request::Down => {
+                    let _ = reply.send(Response::GoingDown);
+                    info!("`node down` asked this daemon to stop");
+                    break Ok(());
+                }
+            },
+            _ = sigterm.recv() => break Ok(()),
+            _ = sigint.recv() => break Ok(()),
+        }
+    };
+    control.shutdown();
+    while let Some(t) = control.poll_transmit() {
+        let _ = udp.send_to(&t.payload, t.dst).await;
+    }
+    cleanup(&opts.state, tun)?;
+    result
+}
+
+fn cleanup(state: &StateDir, tun: Option<tun_rs::AsyncDevice>) -> anyhow::Result<()> {
+    if tun.is_some() {
+        drop(tun); // Closing the TUN removes the interface and its routes.
+        netconf::remove_rules();
+        info!("mesh interface removed");
+    }
+    let _ = std::fs::remove_file(state.socket());
+    Ok(())
+}
+
+fn status(
+    identity: &Option<Identity>,
+    public: &PublicKey,
+    control: &ControlClient,
+    mesh: &Mesh,
+) -> Status {
+    Status {
+        name: identity.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
+        mesh_ip: identity
+            .as_ref()
+            .map(|i| i.mesh_ip.to_string())
+            .unwrap_or_default(),
+        public_key: public.to_string(),
+        coordinator: control.coordinator_addr().to_string(),
+        coordinator_connected: control.is_connected(),
+        peers: mesh
+            .peers()
+            .into_iter()
+            .map(|p| PeerStatus {
+                name: p.info.name,
+                mesh_ip: p.info.mesh_ip.to_string(),
+                public_key: p.info.public_key.to_string(),
+                online: p.info.online,
+                path: p.path.as_str().to_string(),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                last_handshake_secs: p.last_handshake.map(|d| d.as_secs()),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coordinator_target;
+
+    #[test]
+    fn coordinator_targets_get_the_default_port() {
+        assert_eq!(coordinator_target("example.net"), "example.net:3478");
+        assert_eq!(coordinator_target("example.net:9"), "example.net:9");
+        assert_eq!(coordinator_target("203.0.113.10"), "203.0.113.10:3478");
+        assert_eq!(coordinator_target("203.0.113.10:77"), "203.0.113.10:77");
+        assert_eq!(coordinator_target("[2001:db8::1]:77"), "[2001:db8::1]:77");
+        assert_eq!(coordinator_target("2001:db8::1"), "[2001:db8::1]:3478");
+    }
+}

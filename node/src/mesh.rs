@@ -1,0 +1,378 @@
+//! The data plane: one boringtun [`Tunn`] per peer, owned here and nowhere else. Packets from
+//! the TUN are sealed for the peer that owns their destination mesh IP; datagrams from the
+//! socket are matched to a peer, opened, and written to the TUN only if their inner source is
+//! that peer's mesh IP.
+//!
+//! No IO and no allocation per packet: callers pass a reusable scratch buffer and an [`Io`]
+//! that moves bytes (non-blocking; a full queue drops the packet, as a NIC would).
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use lanmesh_proto::log_limit::LogLimit;
+use lanmesh_proto::messages::PeerInfo;
+use lanmesh_proto::PublicKey;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info};
+use x25519_dalek::StaticSecret;
+
+/// Where sealed and opened packets go.
+pub trait Io {
+    fn send_udp(&mut self, dst: SocketAddr, datagram: &[u8]);
+    fn write_tun(&mut self, packet: &[u8]);
+}
+
+/// Keepalive interval that holds NAT and conntrack mappings open (Linux forgets idle UDP
+/// flows after 30 s).
+pub const KEEPALIVE_SECS: u16 = 25;
+/// Handshakes per second before boringtun answers with cookies instead.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// A session older than this without a new handshake is dead (WireGuard's REJECT_AFTER_TIME
+/// is 180 s; boringtun re-handshakes well before that on live paths).
+const SESSION_ALIVE: Duration = Duration::from_secs(180);
+/// Scratch buffers must hold a full datagram plus WireGuard's overhead.
+pub const SCRATCH_LEN: usize = 65_536;
+
+/// How a peer is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Direct,
+    Connecting,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Connecting => "connecting",
+        }
+    }
+}
+
+struct Peer {
+    info: PeerInfo,
+    tunn: Tunn,
+    /// `slot | generation << 16`: boringtun puts it (shifted by 8) on every packet for us.
+    index: u32,
+    endpoint: Option<SocketAddr>,
+    /// Whether a live session was last reported (for "peer up/down" logs).
+    up: bool,
+}
+
+/// A snapshot of one peer for `node status`.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    pub info: PeerInfo,
+    pub path: Path,
+    pub endpoint: Option<SocketAddr>,
+    pub last_handshake: Option<Duration>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+pub struct Mesh {
+    private: StaticSecret,
+    public: x25519_dalek::PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    slots: Vec<Option<Peer>>,
+    generations: Vec<u8>,
+    by_key: HashMap<PublicKey, usize>,
+    by_ip: HashMap<Ipv4Addr, usize>,
+    drops: LogLimit,
+    epoch: Instant,
+}
+
+impl Mesh {
+    pub fn new(private: StaticSecret, now: Instant) -> Mesh {
+        let public = x25519_dalek::PublicKey::from(&private);
+        Mesh {
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            private,
+            public,
+            slots: Vec::new(),
+            generations: Vec::new(),
+            by_key: HashMap::new(),
+            by_ip: HashMap::new(),
+            drops: LogLimit::new(5),
+            epoch: now,
+        }
+    }
+
+    fn dropped(&mut self, now: Instant, why: std::fmt::Arguments) {
+        if self.drops.allow((now - self.epoch).as_millis() as u64) {
+            debug!("dropped packet: {why}");
+        }
+    }
+
+    /// Brings the peer set in line with the coordinator's map.
+    pub fn apply_peer_map(&mut self, peers: Vec<PeerInfo>, scratch: &mut [u8], io: &mut impl Io) {
+        let wanted: HashMap<PublicKey, PeerInfo> =
+            peers.into_iter().map(|p| (p.public_key, p)).collect();
+        let gone: Vec<PublicKey> = self
+            .by_key
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            self.remove(&key);
+        }
+        for (key, info) in wanted {
+            match self.by_key.get(&key) {
+                Some(&slot) => self.update(slot, info),
+                None => self.add(info, scratch, io),
+            }
+        }
+    }
+
+    fn add(&mut self, info: PeerInfo, scratch: &mut [u8], io: &mut impl Io) {
+        if info.public_key == PublicKey::from(self.public) {
+            return;
+        }
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(s) => s,
+            None if self.slots.len() < 1 << 16 => {
+                self.slots.push(None);
+                self.generations.push(0);
+                self.slots.len() - 1
+            }
+            None => return,
+        };
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        let index = slot as u32 | (self.generations[slot] as u32) << 16;
+        let tunn = Tunn::new(
+            self.private.clone(),
+            info.public_key.into(),
+            None,
+            Some(KEEPALIVE_SECS),
+            index,
+            Some(self.rate_limiter.clone()),
+        );
+        info!(peer = %info.name, mesh_ip = %info.mesh_ip, "peer added");
+        if let Some(old) = self.by_ip.insert(info.mesh_ip, slot) {
+            debug!(slot = old, "mesh IP moved to a new peer");
+        }
+        self.by_key.insert(info.public_key, slot);
+        let endpoint = info.endpoints.first().copied();
+        let online = info.online;
+        self.slots[slot] = Some(Peer {
+            info,
+            tunn,
+            index,
+            endpoint,
+            up: false,
+        });
+        if online {
+            self.initiate(slot, scratch, io);
+        }
+    }
+
+    fn update(&mut self, slot: usize, info: PeerInfo) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let advertised = info.endpoints.first().copied();
+        if advertised != peer.info.endpoints.first().copied() && advertised.is_some() {
+            peer.endpoint = advertised;
+        }
+        if peer.info.mesh_ip != info.mesh_ip {
+            self.by_ip.remove(&peer.info.mesh_ip);
+            self.by_ip.insert(info.mesh_ip, slot);
+        }
+        peer.info = info;
+    }
+
+    fn remove(&mut self, key: &PublicKey) {
+        let Some(slot) = self.by_key.remove(key) else {
+            return;
+        };
+        if let Some(peer) = self.slots[slot].take() {
+            info!(peer = %peer.info.name, "peer removed");
+            if self.by_ip.get(&peer.info.mesh_ip) == Some(&slot) {
+                self.by_ip.remove(&peer.info.mesh_ip);
+            }
+        }
+    }
+
+    /// Starts a handshake with the peer in `slot` (if it has an endpoint).
+    fn initiate(&mut self, slot: usize, scratch: &mut [u8], io: &mut impl Io) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let Some(endpoint) = peer.endpoint else {
+            return;
+        };
+        if let TunnResult::WriteToNetwork(b) = peer.tunn.format_handshake_initiation(scratch, false)
+        {
+            io.send_udp(endpoint, b);
+        }
+    }
+
+    /// A packet read from the TUN.
+    pub fn handle_tun_packet(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) {
+        let Some(dst) = ipv4_destination(packet) else {
+            return; // IPv6 and junk: no IPv6 mesh addresses yet.
+        };
+        let Some(&slot) = self.by_ip.get(&dst) else {
+            return self.dropped(now, format_args!("no peer has mesh IP {dst}"));
+        };
+        let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
+        match peer.tunn.encapsulate(packet, scratch) {
+            TunnResult::WriteToNetwork(b) => match peer.endpoint {
+                Some(ep) => io.send_udp(ep, b),
+                None => self.dropped(now, format_args!("peer {dst} has no endpoint yet")),
+            },
+            TunnResult::Err(e) => self.dropped(now, format_args!("encapsulate: {e:?}")),
+            _ => {}
+        }
+    }
+
+    /// A WireGuard datagram from the socket.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) {
+        let packet = match self
+            .rate_limiter
+            .verify_packet(Some(src.ip()), datagram, scratch)
+        {
+            Ok(p) => p,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                // Under handshake load: a 64-byte cookie, smaller than the 148-byte initiation.
+                io.send_udp(src, cookie);
+                return;
+            }
+            Err(_) => return self.dropped(now, format_args!("unverified datagram from {src}")),
+        };
+        let slot = match &packet {
+            Packet::HandshakeInit(p) => parse_handshake_anon(&self.private, &self.public, p)
+                .ok()
+                .and_then(|h| self.by_key.get(&PublicKey(h.peer_static_public)).copied()),
+            Packet::HandshakeResponse(p) => self.slot_of_index(p.receiver_idx),
+            Packet::PacketCookieReply(p) => self.slot_of_index(p.receiver_idx),
+            Packet::PacketData(p) => self.slot_of_index(p.receiver_idx),
+        };
+        let is_data = matches!(packet, Packet::PacketData(_));
+        let Some(slot) = slot else {
+            return self.dropped(now, format_args!("datagram from {src} matches no peer"));
+        };
+        let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
+        let authenticated = match peer.tunn.decapsulate(Some(src.ip()), datagram, scratch) {
+            TunnResult::WriteToNetwork(b) => {
+                // A handshake response (type 2) or keepalive (4) means the datagram was
+                // genuine; a cookie (3) means it was only rate limited.
+                let genuine = b.first() != Some(&3);
+                io.send_udp(src, b);
+                // Packets queued while the handshake ran go out now.
+                while let TunnResult::WriteToNetwork(b) = peer.tunn.decapsulate(None, &[], scratch)
+                {
+                    io.send_udp(src, b);
+                }
+                genuine
+            }
+            TunnResult::WriteToTunnelV4(inner, inner_src) => {
+                if inner_src == peer.info.mesh_ip {
+                    io.write_tun(inner);
+                } else if self.drops.allow((now - self.epoch).as_millis() as u64) {
+                    debug!(peer = %peer.info.name, %inner_src, "dropped inner packet with a spoofed source");
+                }
+                true
+            }
+            TunnResult::WriteToTunnelV6(..) => true,
+            TunnResult::Done => is_data,
+            TunnResult::Err(WireGuardError::DuplicateCounter) => false,
+            TunnResult::Err(e) => {
+                if self.drops.allow((now - self.epoch).as_millis() as u64) {
+                    debug!(%src, "decapsulate failed: {e:?}");
+                }
+                false
+            }
+        };
+        // Roaming: follow the peer to wherever its authenticated packets come from.
+        if authenticated && peer.endpoint != Some(src) {
+            info!(peer = %peer.info.name, endpoint = %src, "peer endpoint changed");
+            peer.endpoint = Some(src);
+        }
+    }
+
+    fn slot_of_index(&self, receiver_idx: u32) -> Option<usize> {
+        let index = receiver_idx >> 8;
+        let slot = (index & 0xffff) as usize;
+        match self.slots.get(slot) {
+            Some(Some(peer)) if peer.index == index => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// Drives WireGuard's timers (call every ~250 ms) and reports peers coming up or down.
+    pub fn tick(&mut self, scratch: &mut [u8], io: &mut impl Io) {
+        self.rate_limiter.reset_count();
+        for peer in self.slots.iter_mut().flatten() {
+            match peer.tunn.update_timers(scratch) {
+                TunnResult::WriteToNetwork(b) => {
+                    if let Some(ep) = peer.endpoint {
+                        io.send_udp(ep, b);
+                    }
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                _ => {}
+            }
+            let alive = peer
+                .tunn
+                .time_since_last_handshake()
+                .is_some_and(|t| t < SESSION_ALIVE);
+            if alive != peer.up {
+                peer.up = alive;
+                let ep = peer.endpoint.map(|e| e.to_string()).unwrap_or_default();
+                if alive {
+                    info!(peer = %peer.info.name, mesh_ip = %peer.info.mesh_ip, endpoint = %ep, "peer up (direct)");
+                } else {
+                    info!(peer = %peer.info.name, "peer down (no session)");
+                }
+            }
+        }
+    }
+
+    pub fn peers(&self) -> Vec<PeerView> {
+        let mut views: Vec<PeerView> = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|p| {
+                let (last, tx, rx, _, _) = p.tunn.stats();
+                PeerView {
+                    info: p.info.clone(),
+                    path: if p.up { Path::Direct } else { Path::Connecting },
+                    endpoint: p.endpoint,
+                    last_handshake: last,
+                    rx_bytes: rx as u64,
+                    tx_bytes: tx as u64,
+                }
+            })
+            .collect();
+        views.sort_by_key(|v| v.info.mesh_ip);
+        views
+    }
+}
+
+/// The destination of an IPv4 packet, if it is one.
+pub fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
+    if packet.len() < 20 || packet[0] >> 4 != 4 {
+        return None;
+    }
+    Some(Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]))
+}
