@@ -51,7 +51,10 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
             "no node daemon is running with state dir {} (start one with `sudo node up`)",
-            socket.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            socket
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         ),
         std::io::ErrorKind::PermissionDenied => {
             anyhow::anyhow!("not allowed to talk to the node daemon: run with sudo")

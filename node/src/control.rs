@@ -161,7 +161,10 @@ impl ControlClient {
             State::Connected(c) => {
                 let ack = c.awaiting_ack_since.map(|t| t + ACK_TIMEOUT);
                 let page = c.pull.as_ref().map(|p| p.asked_at + PAGE_TIMEOUT);
-                [Some(c.next_heartbeat), ack, page].into_iter().flatten().min()
+                [Some(c.next_heartbeat), ack, page]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
             State::Stopped => None,
         }

@@ -98,7 +98,10 @@ async fn resolve(target: &str) -> SocketAddr {
                 if let Some(a) = addrs.iter().find(|a| a.is_ipv4()) {
                     return *a;
                 }
-                warn!("coordinator {target} has no IPv4 address; retrying in {}s", wait.as_secs());
+                warn!(
+                    "coordinator {target} has no IPv4 address; retrying in {}s",
+                    wait.as_secs()
+                );
             }
             Err(e) => warn!(
                 "cannot resolve coordinator {target}: {e}; retrying in {}s",
@@ -355,7 +358,10 @@ fn status(
     mesh: &Mesh,
 ) -> Status {
     Status {
-        name: identity.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
+        name: identity
+            .as_ref()
+            .map(|i| i.name.clone())
+            .unwrap_or_default(),
         mesh_ip: identity
             .as_ref()
             .map(|i| i.mesh_ip.to_string())

@@ -7,6 +7,11 @@ mod mesh;
 mod netconf;
 mod state;
 
+#[cfg(test)]
+mod control_tests;
+#[cfg(test)]
+mod mesh_tests;
+
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use lanmesh_common::{init_logging, load_config};
@@ -16,7 +21,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "node", version, about = "A lanmesh node: puts this machine on the mesh VPN")]
+#[command(
+    name = "node",
+    version,
+    about = "A lanmesh node: puts this machine on the mesh VPN"
+)]
 struct Cli {
     /// More logging: -v for debug, -vv for trace (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -58,7 +67,12 @@ struct UpArgs {
     coordinator: Option<String>,
     /// Join key from `coordinator keys create` (needed the first time, unless the coordinator
     /// runs with --open).
-    #[arg(long, value_name = "KEY", env = "LANMESH_AUTH_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "LANMESH_AUTH_KEY",
+        hide_env_values = true
+    )]
     auth_key: Option<String>,
     /// Name of this node in the mesh [default: the hostname].
     #[arg(long)]
@@ -178,7 +192,11 @@ fn print_status(s: &api::Status) {
     };
     println!(
         "{} {} (coordinator {} {coord})",
-        if s.name.is_empty() { "(registering)" } else { &s.name },
+        if s.name.is_empty() {
+            "(registering)"
+        } else {
+            &s.name
+        },
         s.mesh_ip,
         s.coordinator
     );

@@ -79,7 +79,12 @@ pub fn install_routes(iface: &str, mesh_ip: Ipv4Addr, network: Ipv4Net) -> anyho
 }
 
 /// Changes the interface's address (the coordinator handed out a different one).
-pub fn readdress(iface: &str, old: Ipv4Addr, new: Ipv4Addr, network: Ipv4Net) -> anyhow::Result<()> {
+pub fn readdress(
+    iface: &str,
+    old: Ipv4Addr,
+    new: Ipv4Addr,
+    network: Ipv4Net,
+) -> anyhow::Result<()> {
     ip(&format!("addr del {old}/32 dev {iface}"))?;
     ip(&format!("addr add {new}/32 dev {iface}"))?;
     install_routes(iface, new, network)

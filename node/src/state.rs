@@ -111,7 +111,10 @@ mod tests {
         let k1 = s.private_key().unwrap();
         assert_eq!(s.private_key().unwrap(), k1);
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.join("node.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.join("node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(s.pinned_coordinator().unwrap(), None);
         s.pin_coordinator(&PublicKey([3; 32])).unwrap();
