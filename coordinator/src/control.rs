@@ -9,9 +9,7 @@ use lanmesh_proto::header::{
 };
 use lanmesh_proto::join_key::JoinSecret;
 use lanmesh_proto::log_limit::LogLimit;
-use lanmesh_proto::messages::{
-    self, RejectReason, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT,
-};
+use lanmesh_proto::messages::{self, RejectReason, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT};
 use lanmesh_proto::{PublicKey, PROTOCOL_VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -78,7 +76,13 @@ struct NodeSession {
     key: PublicKey,
     session: Session,
     addr: SocketAddr,
+    /// The newest map version the node has shown it knows of (heartbeats, page requests).
+    known_version: u64,
 }
+
+/// A node that has not shown it knows of the newest map is told again this often (the first
+/// announcement may have been lost).
+const RENOTIFY_INTERVAL_MS: u64 = 1000;
 
 pub struct ControlServer<S: Store> {
     private: [u8; 32],
@@ -94,6 +98,7 @@ pub struct ControlServer<S: Store> {
     saved_seen_ms: HashMap<PublicKey, u64>,
     notified_version: u64,
     last_notify_ms: u64,
+    renotify_at_ms: Option<u64>,
     outbox: VecDeque<Transmit>,
     drops: LogLimit,
 }
@@ -123,6 +128,7 @@ impl<S: Store> ControlServer<S> {
             hello_time: HashMap::new(),
             saved_seen_ms: HashMap::new(),
             last_notify_ms: 0,
+            renotify_at_ms: None,
             outbox: VecDeque::new(),
             drops: LogLimit::new(5),
         })
@@ -145,7 +151,7 @@ impl<S: Store> ControlServer<S> {
     pub fn poll_timeout(&self) -> Option<u64> {
         let notify = (self.registry.map_version() != self.notified_version)
             .then_some(self.last_notify_ms + NOTIFY_INTERVAL_MS);
-        [notify, self.registry.next_expiry_ms()]
+        [notify, self.renotify_at_ms, self.registry.next_expiry_ms()]
             .into_iter()
             .flatten()
             .min()
@@ -161,6 +167,8 @@ impl<S: Store> ControlServer<S> {
             && now_ms >= self.last_notify_ms + NOTIFY_INTERVAL_MS
         {
             self.notify_map_changed(now_ms);
+        } else if self.renotify_at_ms.is_some_and(|t| now_ms >= t) {
+            self.renotify_lagging(now_ms);
         }
     }
 
@@ -251,7 +259,11 @@ impl<S: Store> ControlServer<S> {
         };
         let key = incoming.remote;
         let hello = incoming.hello.clone();
-        if self.hello_time.get(&key).is_some_and(|t| hello.timestamp <= *t) {
+        if self
+            .hello_time
+            .get(&key)
+            .is_some_and(|t| hello.timestamp <= *t)
+        {
             return self.dropped(now_ms, src, "replayed hello");
         }
         let welcome = match self.registry.get(&key) {
@@ -294,6 +306,7 @@ impl<S: Store> ControlServer<S> {
                             key,
                             session,
                             addr: src,
+                            known_version: 0,
                         },
                     );
                     let name = &self.registry.get(&key).expect("admitted").name;
@@ -332,32 +345,34 @@ impl<S: Store> ControlServer<S> {
             .registry
             .allocate(key, &hello.name, Some(src), now_ms)
             .map_err(|e| (RejectReason::NetworkFull, e.to_string()))?;
-        self.store.add_node(&record, join, now_ms).map_err(|e| match e {
-            AdmitError::KeyUnknown => (
-                RejectReason::KeyUnknown,
-                "the join key was not accepted (wrong or revoked): get a new one from \
+        self.store
+            .add_node(&record, join, now_ms)
+            .map_err(|e| match e {
+                AdmitError::KeyUnknown => (
+                    RejectReason::KeyUnknown,
+                    "the join key was not accepted (wrong or revoked): get a new one from \
                  `coordinator keys create`"
-                    .into(),
-            ),
-            AdmitError::KeyUsed => (
-                RejectReason::KeyUsed,
-                "this one-off join key was already used: create a new one with \
+                        .into(),
+                ),
+                AdmitError::KeyUsed => (
+                    RejectReason::KeyUsed,
+                    "this one-off join key was already used: create a new one with \
                  `coordinator keys create`"
-                    .into(),
-            ),
-            AdmitError::KeyExpired => (
-                RejectReason::KeyExpired,
-                "this join key has expired: create a new one with `coordinator keys create`"
-                    .into(),
-            ),
-            AdmitError::Storage(e) => {
-                warn!("could not store a new node: {e}");
-                (
-                    RejectReason::Other,
-                    "the coordinator could not store the node; try again later".into(),
-                )
-            }
-        })?;
+                        .into(),
+                ),
+                AdmitError::KeyExpired => (
+                    RejectReason::KeyExpired,
+                    "this join key has expired: create a new one with `coordinator keys create`"
+                        .into(),
+                ),
+                AdmitError::Storage(e) => {
+                    warn!("could not store a new node: {e}");
+                    (
+                        RejectReason::Other,
+                        "the coordinator could not store the node; try again later".into(),
+                    )
+                }
+            })?;
         info!(node = %record.name, mesh_ip = %record.mesh_ip, "new node joined");
         self.registry.insert(record);
         Ok(())
@@ -386,6 +401,12 @@ impl<S: Store> ControlServer<S> {
         };
         // Authenticated: the node is here, at `src` (this is how roaming is followed).
         node.addr = src;
+        if let Ok(
+            ToCoordinator::Heartbeat { map_version } | ToCoordinator::GetPeers { map_version, .. },
+        ) = &msg
+        {
+            node.known_version = node.known_version.max(*map_version);
+        }
         let key = node.key;
         self.mark_seen(key, src, now_ms);
         match msg {
@@ -439,10 +460,35 @@ impl<S: Store> ControlServer<S> {
         let version = self.registry.map_version();
         let targets: Vec<u32> = self.sessions.keys().copied().collect();
         for idx in targets {
-            self.send(idx, &ToNode::MapChanged { map_version: version });
+            self.send(
+                idx,
+                &ToNode::MapChanged {
+                    map_version: version,
+                },
+            );
         }
         self.notified_version = version;
         self.last_notify_ms = now_ms;
+        self.renotify_at_ms = Some(now_ms + RENOTIFY_INTERVAL_MS);
+    }
+
+    fn renotify_lagging(&mut self, now_ms: u64) {
+        let version = self.registry.map_version();
+        let lagging: Vec<u32> = self
+            .sessions
+            .iter()
+            .filter(|(_, n)| n.known_version < version && self.registry.is_online(&n.key))
+            .map(|(idx, _)| *idx)
+            .collect();
+        for idx in &lagging {
+            self.send(
+                *idx,
+                &ToNode::MapChanged {
+                    map_version: version,
+                },
+            );
+        }
+        self.renotify_at_ms = (!lagging.is_empty()).then_some(now_ms + RENOTIFY_INTERVAL_MS);
     }
 
     fn send(&mut self, idx: u32, msg: &ToNode) {
@@ -453,7 +499,11 @@ impl<S: Store> ControlServer<S> {
         let mut out = [0u8; MAX_DATAGRAM];
         let sealed = messages::encode(msg, &mut plain, 0)
             .map_err(|e| e.to_string())
-            .and_then(|n| node.session.seal(&plain[..n], &mut out).map_err(|e| e.to_string()));
+            .and_then(|n| {
+                node.session
+                    .seal(&plain[..n], &mut out)
+                    .map_err(|e| e.to_string())
+            });
         match sealed {
             Ok(len) => self.outbox.push_back(Transmit {
                 dst: node.addr,

@@ -85,13 +85,23 @@ impl FakeNode {
         let mut plain = [0u8; MAX_PLAINTEXT];
         let n = messages::encode(msg, &mut plain, MAX_PLAINTEXT).unwrap();
         let mut buf = [0u8; MAX_DATAGRAM];
-        let m = self.session.as_mut().unwrap().seal(&plain[..n], &mut buf).unwrap();
+        let m = self
+            .session
+            .as_mut()
+            .unwrap()
+            .seal(&plain[..n], &mut buf)
+            .unwrap();
         s.handle_datagram(now, self.addr, &buf[..m]);
     }
 
     fn read(&mut self, t: &Transmit) -> ToNode {
         let mut plain = [0u8; MAX_DATAGRAM];
-        let p = self.session.as_mut().unwrap().open(&t.payload, &mut plain).unwrap();
+        let p = self
+            .session
+            .as_mut()
+            .unwrap()
+            .open(&t.payload, &mut plain)
+            .unwrap();
         messages::decode(p).unwrap()
     }
 
@@ -132,10 +142,19 @@ fn nodes_register_with_keys_and_get_distinct_ips() {
     let mut s = server(store, false);
     let mut a = FakeNode::new(1);
     let mut b = FakeNode::new(2);
-    assert_eq!(mesh_ip(&a.join(&mut s, 10, Some(k)).0), Ipv4Addr::new(100, 64, 0, 1));
-    assert_eq!(mesh_ip(&b.join(&mut s, 10, Some(k)).0), Ipv4Addr::new(100, 64, 0, 2));
+    assert_eq!(
+        mesh_ip(&a.join(&mut s, 10, Some(k)).0),
+        Ipv4Addr::new(100, 64, 0, 1)
+    );
+    assert_eq!(
+        mesh_ip(&b.join(&mut s, 10, Some(k)).0),
+        Ipv4Addr::new(100, 64, 0, 2)
+    );
     // Coming back with the same node key needs no join key and keeps the address.
-    assert_eq!(mesh_ip(&a.join(&mut s, 20, None).0), Ipv4Addr::new(100, 64, 0, 1));
+    assert_eq!(
+        mesh_ip(&a.join(&mut s, 20, None).0),
+        Ipv4Addr::new(100, 64, 0, 1)
+    );
 }
 
 #[test]
@@ -221,9 +240,18 @@ fn peers_hear_of_a_join_and_pull_the_map() {
         [ToNode::MapChanged { map_version }] => *map_version,
         other => panic!("{other:?}"),
     };
-    a.send(&mut s, wake, &ToCoordinator::GetPeers { map_version: version, offset: 0 });
+    a.send(
+        &mut s,
+        wake,
+        &ToCoordinator::GetPeers {
+            map_version: version,
+            offset: 0,
+        },
+    );
     match a.inbox(&mut s).as_slice() {
-        [ToNode::PeerPage { total: 1, peers, .. }] => {
+        [ToNode::PeerPage {
+            total: 1, peers, ..
+        }] => {
             assert_eq!(peers[0].public_key, b.public());
             assert_eq!(peers[0].endpoints, vec![b.addr]);
             assert!(peers[0].online);
@@ -243,15 +271,28 @@ fn silent_nodes_go_offline_and_peers_are_told() {
     drain(&mut s);
     // a keeps heartbeating, b goes silent.
     for t in (10_000..=60_000).step_by(10_000) {
-        a.send(&mut s, t, &ToCoordinator::Heartbeat { map_version: 0 });
+        let map_version = s.registry().map_version();
+        a.send(&mut s, t, &ToCoordinator::Heartbeat { map_version });
         assert!(matches!(a.inbox(&mut s)[..], [ToNode::HeartbeatAck { .. }]));
     }
+    let mut now = 60_000;
+    while s.registry().is_online(&b.public()) {
+        now = s.poll_timeout().unwrap();
+        s.handle_timeout(now);
+    }
+    assert_eq!(now, 60_001);
+    drain(&mut s);
     let wake = s.poll_timeout().unwrap();
-    assert_eq!(wake, 60_001);
     s.handle_timeout(wake);
-    s.handle_timeout(wake + 300);
     assert!(matches!(a.inbox(&mut s)[..], [ToNode::MapChanged { .. }]));
-    a.send(&mut s, wake + 300, &ToCoordinator::GetPeers { map_version: 0, offset: 0 });
+    a.send(
+        &mut s,
+        wake,
+        &ToCoordinator::GetPeers {
+            map_version: 0,
+            offset: 0,
+        },
+    );
     match a.inbox(&mut s).as_slice() {
         [ToNode::PeerPage { peers, .. }] => assert!(!peers[0].online),
         other => panic!("{other:?}"),
@@ -269,7 +310,10 @@ fn the_endpoint_follows_authenticated_packets() {
         [ToNode::HeartbeatAck { endpoint, .. }] => assert_eq!(*endpoint, a.addr),
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.registry().get(&a.public()).unwrap().endpoint, Some(a.addr));
+    assert_eq!(
+        s.registry().get(&a.public()).unwrap().endpoint,
+        Some(a.addr)
+    );
 }
 
 #[test]
@@ -304,4 +348,36 @@ fn hostile_input_earns_nothing_bigger_than_itself() {
     // Only the version mismatch and the full-size key request were answered at all.
     s.handle_datagram(1, src, b"LM\x01\x01short-key-request");
     assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn a_lost_announcement_is_repeated_until_the_node_asks() {
+    let mut s = server(SqliteStore::in_memory(), true);
+    let mut a = FakeNode::new(1);
+    let mut b = FakeNode::new(2);
+    a.join(&mut s, 1_000, None);
+    b.join(&mut s, 1_000, None);
+    let wake = s.poll_timeout().unwrap();
+    s.handle_timeout(wake);
+    drain(&mut s); // Both announcements are lost.
+    let again = s.poll_timeout().unwrap();
+    assert_eq!(again, wake + 1_000);
+    s.handle_timeout(again);
+    let version = match a.inbox(&mut s).as_slice() {
+        [ToNode::MapChanged { map_version }] => *map_version,
+        other => panic!("{other:?}"),
+    };
+    a.send(
+        &mut s,
+        again,
+        &ToCoordinator::GetPeers {
+            map_version: version,
+            offset: 0,
+        },
+    );
+    drain(&mut s);
+    // Only b, which has not asked, is told again.
+    s.handle_timeout(again + 1_000);
+    let told: Vec<SocketAddr> = drain(&mut s).iter().map(|t| t.dst).collect();
+    assert_eq!(told, vec![b.addr]);
 }

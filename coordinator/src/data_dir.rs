@@ -82,8 +82,16 @@ impl DataDir {
     /// while nodes are registered.
     pub fn open(path: Option<&Path>, network: Option<Ipv4Net>) -> anyhow::Result<DataDir> {
         let path = path.map(Path::to_path_buf).unwrap_or_else(default_path);
-        if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(&path) {
-            bail!("cannot create data dir {}{}", path.display(), permission_hint(&e));
+        if let Err(e) = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+        {
+            bail!(
+                "cannot create data dir {}{}",
+                path.display(),
+                permission_hint(&e)
+            );
         }
         let private = load_or_create_key(&path.join("coordinator.key"))?;
         let db = path.join("coordinator.db");
@@ -92,11 +100,13 @@ impl DataDir {
         let _ = fs::set_permissions(&db, fs::Permissions::from_mode(0o600));
         if let Some(network) = network {
             match store.meta("network")? {
-                Some(old) if old != network.to_string() && !store.load_nodes()?.is_empty() => bail!(
-                    "the data dir {} holds nodes of network {old}, not {network}: \
+                Some(old) if old != network.to_string() && !store.load_nodes()?.is_empty() => {
+                    bail!(
+                        "the data dir {} holds nodes of network {old}, not {network}: \
                      serve with --network {old}, or use a new --data-dir",
-                    path.display()
-                ),
+                        path.display()
+                    )
+                }
                 _ => store.set_meta("network", &network.to_string())?,
             }
         }

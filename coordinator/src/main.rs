@@ -17,8 +17,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "coordinator", version, about = "The lanmesh coordinator: registers nodes, \
-    exchanges their WireGuard keys, hands out mesh IPs and tracks who is online")]
+#[command(
+    name = "coordinator",
+    version,
+    about = "The lanmesh coordinator: registers nodes, \
+    exchanges their WireGuard keys, hands out mesh IPs and tracks who is online"
+)]
 struct Cli {
     /// More logging: -v for debug, -vv for trace (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -140,7 +144,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let now = unix_ms();
-            println!("{:<18} {:<9} {:<6} {:<10} STATE", "ID", "KIND", "USES", "EXPIRES");
+            println!(
+                "{:<18} {:<9} {:<6} {:<10} STATE",
+                "ID", "KIND", "USES", "EXPIRES"
+            );
             for k in keys {
                 let kind = if k.reusable { "reusable" } else { "one-off" };
                 let expires = k.expires_ms.map_or("never".into(), |e| {
@@ -190,7 +197,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     n.name,
                     n.mesh_ip,
                     if n.online { "yes" } else { "no" },
-                    format!("{} ago", human_duration(Duration::from_secs(n.last_seen_secs_ago))),
+                    format!(
+                        "{} ago",
+                        human_duration(Duration::from_secs(n.last_seen_secs_ago))
+                    ),
                     n.endpoint.as_deref().unwrap_or("-")
                 );
             }

@@ -70,7 +70,6 @@ impl Registry {
         self.nodes.get(key).map(|e| &e.record)
     }
 
-    #[cfg(test)]
     pub fn is_online(&self, key: &PublicKey) -> bool {
         self.nodes.get(key).is_some_and(|e| e.online)
     }
@@ -96,7 +95,9 @@ impl Registry {
         Ok(NodeRecord {
             public_key,
             name: self.unique_name(requested_name),
-            mesh_ip: self.free_ip().ok_or(AllocError::NetworkFull(self.network))?,
+            mesh_ip: self
+                .free_ip()
+                .ok_or(AllocError::NetworkFull(self.network))?,
             endpoint,
             first_seen_ms: now_ms,
             last_seen_ms: now_ms,
@@ -111,7 +112,11 @@ impl Registry {
         // Walk the used addresses in order and take the first gap.
         let mut candidate = u32::from(self.network.network()).checked_add(1)?;
         let end = u32::from(self.network.broadcast());
-        for used in self.by_ip.range(Ipv4Addr::from(candidate)..).map(|(ip, _)| u32::from(*ip)) {
+        for used in self
+            .by_ip
+            .range(Ipv4Addr::from(candidate)..)
+            .map(|(ip, _)| u32::from(*ip))
+        {
             while candidate < used && !usable(&Ipv4Addr::from(candidate)) {
                 candidate += 1;
             }

@@ -59,7 +59,10 @@ pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
         .or(config.network)
         .unwrap_or_else(|| DEFAULT_NETWORK.parse().expect("default network"));
     let open = args.open || config.open.unwrap_or(false);
-    let offline_after = args.offline_after.or(config.offline_after_secs).unwrap_or(60);
+    let offline_after = args
+        .offline_after
+        .or(config.offline_after_secs)
+        .unwrap_or(60);
     if offline_after < 4 {
         bail!("--offline-after must be at least 4 seconds");
     }

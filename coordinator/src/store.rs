@@ -80,7 +80,8 @@ fn node_from_row(row: &rusqlite::Row) -> rusqlite::Result<NodeRecord> {
     let key: Vec<u8> = row.get(0)?;
     let mesh_ip: String = row.get(2)?;
     let endpoint: Option<String> = row.get(3)?;
-    let bad = |i| rusqlite::Error::InvalidColumnType(i, "value".into(), rusqlite::types::Type::Text);
+    let bad =
+        |i| rusqlite::Error::InvalidColumnType(i, "value".into(), rusqlite::types::Type::Text);
     Ok(NodeRecord {
         public_key: PublicKey(key.try_into().map_err(|_| bad(0))?),
         name: row.get(1)?,
@@ -354,7 +355,10 @@ mod tests {
         let mut s = SqliteStore::in_memory();
         let k = key(&s, false, None);
         assert_eq!(s.add_node(&record(1), Some(&k), 10), Ok(()));
-        assert_eq!(s.add_node(&record(2), Some(&k), 10), Err(AdmitError::KeyUsed));
+        assert_eq!(
+            s.add_node(&record(2), Some(&k), 10),
+            Err(AdmitError::KeyUsed)
+        );
         assert_eq!(s.load_nodes().unwrap(), vec![record(1)]);
         assert!(!s.list_keys().unwrap()[0].usable(10));
     }
