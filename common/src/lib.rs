@@ -55,7 +55,10 @@ pub fn unix_ms() -> u64 {
 /// Parses `90s`, `30m`, `24h`, `7d` (or a bare number of seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 24h or 7d"))?;

@@ -160,7 +160,10 @@ impl IncomingHello {
             return Err(ChannelError::WrongSession);
         }
         let mut remote = [0u8; 32];
-        remote.copy_from_slice(hs.get_remote_static().ok_or(ChannelError::Unauthenticated)?);
+        remote.copy_from_slice(
+            hs.get_remote_static()
+                .ok_or(ChannelError::Unauthenticated)?,
+        );
         Ok(IncomingHello {
             hs,
             remote: PublicKey(remote),
@@ -275,7 +278,7 @@ pub fn transport_receiver(datagram: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{ToCoordinator, RejectReason};
+    use crate::messages::{RejectReason, ToCoordinator};
     use x25519_dalek::StaticSecret;
 
     fn keypair(seed: u8) -> ([u8; 32], PublicKey) {

@@ -45,7 +45,9 @@ pub struct JoinKey {
 pub enum JoinKeyError {
     #[error("a join key starts with \"{PREFIX}\"; copy the whole key the coordinator printed")]
     BadPrefix,
-    #[error("this join key is damaged (wrong length or characters); copy it again from the coordinator")]
+    #[error(
+        "this join key is damaged (wrong length or characters); copy it again from the coordinator"
+    )]
     BadEncoding,
 }
 
@@ -88,7 +90,10 @@ impl fmt::Debug for JoinKey {
 impl FromStr for JoinKey {
     type Err = JoinKeyError;
     fn from_str(s: &str) -> Result<Self, JoinKeyError> {
-        let body = s.trim().strip_prefix(PREFIX).ok_or(JoinKeyError::BadPrefix)?;
+        let body = s
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(JoinKeyError::BadPrefix)?;
         let mut raw = [0u8; RAW_LEN + 3];
         match URL_SAFE_NO_PAD.decode_slice(body, &mut raw) {
             Ok(RAW_LEN) => {}

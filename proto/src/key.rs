@@ -81,7 +81,11 @@ mod tests {
     #[test]
     fn rejects_wrong_lengths_and_garbage() {
         for bad in ["", "abc", "!!!!", &"A".repeat(43), &"A".repeat(48)] {
-            assert_eq!(bad.parse::<PublicKey>(), Err(KeyError::BadEncoding), "{bad}");
+            assert_eq!(
+                bad.parse::<PublicKey>(),
+                Err(KeyError::BadEncoding),
+                "{bad}"
+            );
         }
     }
 }
