@@ -130,19 +130,28 @@ fn serve_api(listener: UnixListener, calls: mpsc::Sender<ApiCall>) {
                 let Ok(request) = serde_json::from_str::<Request>(&line) else {
                     return;
                 };
+                // The daemon stops as soon as it reads a Down, so that answer goes out first.
+                let going_down = matches!(request, Request::Down);
+                if going_down {
+                    write_line(&mut write, &Response::GoingDown).await;
+                }
                 let (tx, rx) = oneshot::channel();
                 if calls.send((request, tx)).await.is_err() {
                     return;
                 }
                 if let Ok(response) = rx.await {
-                    if let Ok(mut text) = serde_json::to_string(&response) {
-                        text.push('\n');
-                        let _ = write.write_all(text.as_bytes()).await;
-                    }
+                    write_line(&mut write, &response).await;
                 }
             });
         }
     });
+}
+
+async fn write_line(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) {
+    if let Ok(mut text) = serde_json::to_string(response) {
+        text.push('\n');
+        let _ = write.write_all(text.as_bytes()).await;
+    }
 }
 
 /// Limits how much a local client can make the daemon buffer.
@@ -324,7 +333,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     let _ = reply.send(Response::Status(status(&identity, &public, &control, &mesh)));
                 }
                 Request::Down => {
-                    let _ = reply.send(Response::GoingDown);
+                    drop(reply); // Already answered by the API task.
                     info!("`node down` asked this daemon to stop");
                     break Ok(());
                 }

@@ -1,0 +1,362 @@
+//! Helpers that drive lanmesh's `coordinator` and `node` binaries inside a [`Lab`].
+//!
+//! They code against the CLI contract:
+//!
+//! ```text
+//! coordinator serve --listen IP:PORT --data-dir DIR [--network CIDR] [--open] [--offline-after SECS]
+//! coordinator keys create --data-dir DIR [--reusable] [--expires 24h]   (key = last stdout line)
+//! coordinator nodes list --data-dir DIR [--json]
+//! coordinator nodes remove NAME --data-dir DIR
+//! node up --coordinator IP:PORT [--auth-key KEY] --name NAME --state-dir DIR [--interface lm0] [--port 41641]
+//! node status --state-dir DIR --json
+//! node down --state-dir DIR
+//! ```
+
+use crate::{bin, stderr, stdout, wait_for, Host, Lab, Proc};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Output};
+use std::time::Duration;
+
+/// The coordinator's UDP port in the lab.
+pub const COORDINATOR_PORT: u16 = 3478;
+
+/// How long a node may take to notice changes in the mesh, in the tests' polls.
+pub const MESH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `coordinator` binary.
+pub fn coordinator_bin() -> PathBuf {
+    bin("coordinator")
+}
+
+/// The `node` binary.
+pub fn node_bin() -> PathBuf {
+    bin("node")
+}
+
+/// A `coordinator serve` process and its data dir.
+pub struct Coordinator {
+    pub host: Host,
+    pub data_dir: PathBuf,
+    /// `IP:PORT` it listens on; what nodes get as `--coordinator`.
+    pub addr: String,
+    serve_args: Vec<String>,
+    proc: Option<Proc>,
+}
+
+impl Coordinator {
+    /// Starts `coordinator serve --listen <host ip>:3478 --data-dir <lab>/<role>-data
+    /// <extra>` in `host`'s namespace and waits until it listens.
+    pub fn start(lab: &Lab, host: &Host, extra: &[&str]) -> Coordinator {
+        let mut c = Coordinator {
+            host: host.clone(),
+            data_dir: lab.subdir(&format!("{}-data", host.role)),
+            addr: format!("{}:{COORDINATOR_PORT}", host.ip),
+            serve_args: extra.iter().map(|s| s.to_string()).collect(),
+            proc: None,
+        };
+        c.restart(lab);
+        c
+    }
+
+    /// Starts `coordinator serve` again (same data dir and flags) after a stop or crash.
+    pub fn restart(&mut self, lab: &Lab) {
+        if let Some(p) = &self.proc {
+            assert!(!lab.is_running(p), "coordinator is still running");
+        }
+        let data_dir = self.data_dir.display().to_string();
+        let mut args = vec!["serve", "--listen", &self.addr, "--data-dir", &data_dir];
+        args.extend(self.serve_args.iter().map(String::as_str));
+        let log = format!("{}-coordinator", self.host.role);
+        let p = lab.spawn(&self.host.ns, coordinator_bin(), &args, &log);
+        wait_for(Duration::from_secs(20), "the coordinator to listen", || {
+            if lab.listening(&self.host.ns, COORDINATOR_PORT) {
+                return Some(());
+            }
+            if let Some(status) = lab.wait_exit(&p, Duration::ZERO) {
+                panic!("coordinator exited at start ({status}):\n{}", lab.log(&p));
+            }
+            None
+        });
+        self.proc = Some(p);
+    }
+
+    /// The running (or last) `serve` process.
+    pub fn proc(&self) -> &Proc {
+        self.proc.as_ref().expect("coordinator was started")
+    }
+
+    /// Runs `coordinator <args> --data-dir <data dir>` in the coordinator's namespace.
+    pub fn cli(&self, lab: &Lab, args: &[&str]) -> Output {
+        let data_dir = self.data_dir.display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--data-dir", &data_dir]);
+        lab.exec(&self.host.ns, coordinator_bin(), &all)
+    }
+
+    /// Like [`Coordinator::cli`], but panics unless the command succeeds; returns stdout.
+    pub fn cli_ok(&self, lab: &Lab, args: &[&str]) -> String {
+        let out = self.cli(lab, args);
+        assert!(
+            out.status.success(),
+            "coordinator {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// `coordinator keys create [extra]`: the new join key (last line of stdout).
+    pub fn create_key(&self, lab: &Lab, extra: &[&str]) -> String {
+        let mut args = vec!["keys", "create"];
+        args.extend_from_slice(extra);
+        let out = self.cli_ok(lab, &args);
+        let key = out
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            key.starts_with("lmk1-"),
+            "keys create: last line is not a join key: {out:?}"
+        );
+        key
+    }
+
+    /// `coordinator nodes list --json`, parsed.
+    pub fn nodes_json(&self, lab: &Lab) -> Value {
+        let out = self.cli_ok(lab, &["nodes", "list", "--json"]);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("nodes list --json is not JSON ({e}): {out}"))
+    }
+
+    /// `coordinator nodes remove NAME`; panics on failure.
+    pub fn remove_node(&self, lab: &Lab, name: &str) {
+        self.cli_ok(lab, &["nodes", "remove", name]);
+    }
+}
+
+/// One node: its host namespace, name and state dir, and its `node up` process when running.
+pub struct Node {
+    pub host: Host,
+    pub name: String,
+    pub state_dir: PathBuf,
+    /// `IP:PORT` of the coordinator.
+    pub coordinator: String,
+    proc: Option<Proc>,
+}
+
+impl Node {
+    /// A node named `name` on `host`, with state dir `<lab>/node-<name>`; not started yet.
+    pub fn new(lab: &Lab, host: &Host, name: &str, coordinator: &str) -> Node {
+        Node {
+            host: host.clone(),
+            name: name.to_string(),
+            state_dir: lab.subdir(&format!("node-{name}")),
+            coordinator: coordinator.to_string(),
+            proc: None,
+        }
+    }
+
+    /// Starts `node up --coordinator C [--auth-key KEY] --name N --state-dir D <extra>`.
+    /// Returns the process (also kept as [`Node::proc`]); it does not wait for anything.
+    pub fn up(&mut self, lab: &Lab, key: Option<&str>, extra: &[&str]) -> Proc {
+        let state_dir = self.state_dir.display().to_string();
+        let mut args = vec!["up", "--coordinator", &self.coordinator];
+        if let Some(k) = key {
+            args.extend(["--auth-key", k]);
+        }
+        args.extend(["--name", &self.name, "--state-dir", &state_dir]);
+        args.extend_from_slice(extra);
+        let p = lab.spawn(
+            &self.host.ns,
+            node_bin(),
+            &args,
+            &format!("node-{}", self.name),
+        );
+        self.proc = Some(p.clone());
+        p
+    }
+
+    /// The last `node up` process.
+    pub fn proc(&self) -> &Proc {
+        self.proc.as_ref().expect("node was started")
+    }
+
+    /// Runs `node <args> --state-dir <state dir>` in the node's namespace.
+    pub fn cli(&self, lab: &Lab, args: &[&str]) -> Output {
+        let state_dir = self.state_dir.display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--state-dir", &state_dir]);
+        lab.exec(&self.host.ns, node_bin(), &all)
+    }
+
+    /// `node down`, then waits for the daemon to exit; returns the daemon's exit status
+    /// (`None` if it did not exit within `timeout`) and the output of `node down`.
+    pub fn down(&mut self, lab: &Lab, timeout: Duration) -> (Option<ExitStatus>, Output) {
+        let out = self.cli(lab, &["down"]);
+        let status = lab.wait_exit(self.proc(), timeout);
+        (status, out)
+    }
+
+    /// `node status --json`, parsed; `None` if the command fails (no daemon yet) or prints
+    /// something that is not a status.
+    pub fn status(&self, lab: &Lab) -> Option<Status> {
+        let out = self.cli(lab, &["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        Status::parse(&stdout(&out)).ok()
+    }
+
+    /// Polls until `cond` holds for this node's status; panics after `timeout`, and right
+    /// away if the daemon exits.
+    pub fn wait_status(
+        &self,
+        lab: &Lab,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&Status) -> bool,
+    ) -> Status {
+        let what = format!("node {}: {what}", self.name);
+        let mut last = None;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(timeout, &what, || {
+                if let Some(p) = &self.proc {
+                    if let Some(st) = lab.wait_exit(p, Duration::ZERO) {
+                        panic!("node {} exited ({st}) while waiting for: {what}", self.name);
+                    }
+                }
+                let s = self.status(lab)?;
+                let ok = cond(&s);
+                last = Some(s.raw.clone());
+                ok.then_some(s)
+            })
+        }));
+        match r {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "last status of node {}: {}",
+                    self.name,
+                    last.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+                );
+                std::panic::resume_unwind(e)
+            }
+        }
+    }
+
+    /// Waits until the status lists exactly `n` peers.
+    pub fn wait_peers(&self, lab: &Lab, n: usize, timeout: Duration) -> Status {
+        self.wait_status(lab, timeout, &format!("{n} peers"), |s| s.peers.len() == n)
+    }
+}
+
+/// `node status --json`.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub name: String,
+    /// Without a prefix length, e.g. `100.64.0.1`.
+    pub mesh_ip: String,
+    pub public_key: String,
+    pub peers: Vec<Peer>,
+    /// The whole document, for fields not modelled here.
+    pub raw: Value,
+}
+
+/// One entry of `peers` in `node status --json`.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub name: String,
+    pub mesh_ip: String,
+    pub public_key: String,
+    pub online: bool,
+    /// `"direct"`, `"relay"` or `"connecting"`.
+    pub path: String,
+    pub endpoint: Option<String>,
+    pub last_handshake_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+impl Status {
+    /// Parses `node status --json` output.
+    pub fn parse(text: &str) -> anyhow::Result<Status> {
+        let raw: Value = serde_json::from_str(text.trim())?;
+        let peers = match raw.get("peers") {
+            Some(Value::Array(items)) => items.iter().map(Peer::from_json).collect(),
+            Some(Value::Null) | None => Vec::new(),
+            Some(other) => anyhow::bail!("peers is not an array: {other}"),
+        };
+        Ok(Status {
+            name: str_field(&raw, "name"),
+            mesh_ip: strip_prefix_len(&str_field(&raw, "mesh_ip")),
+            public_key: str_field(&raw, "public_key"),
+            peers,
+            raw,
+        })
+    }
+
+    /// The peer called `name`.
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+}
+
+impl Peer {
+    fn from_json(v: &Value) -> Peer {
+        Peer {
+            name: str_field(v, "name"),
+            mesh_ip: strip_prefix_len(&str_field(v, "mesh_ip")),
+            public_key: str_field(v, "public_key"),
+            online: v.get("online").and_then(Value::as_bool).unwrap_or(false),
+            path: str_field(v, "path"),
+            endpoint: v
+                .get("endpoint")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            last_handshake_secs: v.get("last_handshake_secs").and_then(Value::as_u64),
+            rx_bytes: v.get("rx_bytes").and_then(Value::as_u64).unwrap_or(0),
+            tx_bytes: v.get("tx_bytes").and_then(Value::as_u64).unwrap_or(0),
+        }
+    }
+}
+
+fn str_field(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn strip_prefix_len(ip: &str) -> String {
+    ip.split('/').next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn parses_status() {
+        let s = Status::parse(
+            r#"{"name":"a","mesh_ip":"100.64.0.1/10","public_key":"k","peers":[
+                {"name":"b","mesh_ip":"100.64.0.2","public_key":"kb","online":true,"path":"direct",
+                 "endpoint":"203.0.113.12:41641","last_handshake_secs":3,"rx_bytes":10,"tx_bytes":20},
+                {"name":"c","mesh_ip":"100.64.0.3","public_key":"kc","online":false,"path":"connecting",
+                 "endpoint":null,"last_handshake_secs":null,"rx_bytes":0,"tx_bytes":0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.mesh_ip, "100.64.0.1");
+        assert_eq!(s.peers.len(), 2);
+        let b = s.peer("b").unwrap();
+        assert!(b.online);
+        assert_eq!(b.path, "direct");
+        assert_eq!(b.endpoint.as_deref(), Some("203.0.113.12:41641"));
+        assert_eq!(s.peer("c").unwrap().last_handshake_secs, None);
+        assert!(Status::parse("not json").is_err());
+    }
+}
