@@ -1,5 +1,7 @@
 //! Command-line plumbing shared by the lanmesh binaries.
 
+pub mod key_file;
+
 use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use std::path::Path;

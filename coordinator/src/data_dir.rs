@@ -5,11 +5,11 @@ use crate::control::{x25519_public, Store};
 use crate::store::SqliteStore;
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
+use lanmesh_common::key_file::load_or_create_private_key;
 use lanmesh_common::{is_root, unix_ms};
 use lanmesh_proto::{JoinKey, PublicKey};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,32 +50,6 @@ fn permission_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let key: PublicKey = text
-                .trim()
-                .parse()
-                .with_context(|| format!("{} is damaged", path.display()))?;
-            Ok(key.0)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use rand::RngCore;
-            let mut private = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut private);
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(f, "{}", PublicKey(private))?;
-            Ok(private)
-        }
-        Err(e) => bail!("cannot read {}{}", path.display(), permission_hint(&e)),
-    }
-}
-
 impl DataDir {
     /// Opens (creating if needed) the data dir. `network`, when given, is the mesh network the
     /// coordinator is about to serve; it must match the one the data dir was created with
@@ -93,7 +67,7 @@ impl DataDir {
                 permission_hint(&e)
             );
         }
-        let private = load_or_create_key(&path.join("coordinator.key"))?;
+        let private = load_or_create_private_key(&path.join("coordinator.key"))?;
         let db = path.join("coordinator.db");
         let mut store = SqliteStore::open(&db)
             .with_context(|| format!("cannot open the database {}", db.display()))?;

@@ -3,11 +3,11 @@
 //! control socket (`node.sock`).
 
 use anyhow::{bail, Context};
+use lanmesh_common::key_file::{load_or_create_private_key, write_private_file};
 use lanmesh_proto::PublicKey;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/lanmesh";
 
@@ -47,26 +47,7 @@ impl StateDir {
 
     /// The node's private key, generated on first use.
     pub fn private_key(&self) -> anyhow::Result<[u8; 32]> {
-        let path = self.path.join("node.key");
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                let k: PublicKey = text
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("the node key {} is damaged", path.display()))?;
-                Ok(k.0)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use rand::RngCore;
-                let mut private = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut private);
-                // Clamp like X25519 does, so the stored bytes are the key actually used.
-                let private = x25519_dalek::StaticSecret::from(private).to_bytes();
-                write_private(&path, &format!("{}\n", PublicKey(private)))?;
-                Ok(private)
-            }
-            Err(e) => bail!("cannot read the node key {}: {e}", path.display()),
-        }
+        load_or_create_private_key(&self.path.join("node.key"))
     }
 
     pub fn pinned_coordinator(&self) -> anyhow::Result<Option<PublicKey>> {
@@ -82,21 +63,9 @@ impl StateDir {
     pub fn pin_coordinator(&self, key: &PublicKey) -> anyhow::Result<()> {
         let tmp = self.path.join("coordinator.pub.tmp");
         let _ = fs::remove_file(&tmp);
-        write_private(&tmp, &format!("{key}\n"))?;
+        write_private_file(&tmp, &format!("{key}\n"))?;
         fs::rename(&tmp, self.pin_file()).context("cannot pin the coordinator key")
     }
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]
