@@ -52,6 +52,8 @@ pub enum ControlKind {
     /// Answer to a control packet of another protocol version: just this header, carrying the
     /// answering side's version.
     VersionMismatch = 6,
+    /// Node ↔ node: a path probe (ping or pong) sealed with the two nodes' keys.
+    Probe = 7,
 }
 
 impl ControlKind {
@@ -64,6 +66,7 @@ impl ControlKind {
             4 => Welcome,
             5 => Transport,
             6 => VersionMismatch,
+            7 => Probe,
             _ => return None,
         })
     }

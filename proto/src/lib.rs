@@ -9,7 +9,9 @@ pub mod join_key;
 pub mod key;
 pub mod log_limit;
 pub mod messages;
+pub mod probe;
 pub mod replay;
+pub mod stun;
 
 pub use header::{PacketClass, PROTOCOL_VERSION};
 pub use join_key::JoinKey;
