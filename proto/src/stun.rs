@@ -49,7 +49,10 @@ pub fn parse(datagram: &[u8]) -> Option<Message> {
     }
     let kind = u16_at(datagram, 0);
     let length = u16_at(datagram, 2) as usize;
-    if length % 4 != 0 || HEADER + length != datagram.len() || u32_at(datagram, 4) != MAGIC_COOKIE {
+    if !length.is_multiple_of(4)
+        || HEADER + length != datagram.len()
+        || u32_at(datagram, 4) != MAGIC_COOKIE
+    {
         return None;
     }
     let mut transaction = [0u8; 12];
