@@ -10,7 +10,7 @@ use lanmesh_proto::header::{
 use lanmesh_proto::join_key::JoinSecret;
 use lanmesh_proto::log_limit::LogLimit;
 use lanmesh_proto::messages::{self, RejectReason, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT};
-use lanmesh_proto::{PublicKey, PROTOCOL_VERSION};
+use lanmesh_proto::{stun, PublicKey, PROTOCOL_VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use tracing::{debug, info, warn};
@@ -78,7 +78,12 @@ struct NodeSession {
     addr: SocketAddr,
     /// The newest map version the node has shown it knows of (heartbeats, page requests).
     known_version: u64,
+    /// Limits how many punches a node can have the coordinator set up.
+    punches: LogLimit,
 }
+
+/// Punch requests one node may make per second.
+const PUNCHES_PER_SECOND: u32 = 50;
 
 /// A node that has not shown it knows of the newest map is told again this often (the first
 /// announcement may have been lost).
@@ -212,9 +217,10 @@ impl<S: Store> ControlServer<S> {
     }
 
     pub fn handle_datagram(&mut self, now_ms: u64, src: SocketAddr, data: &[u8]) {
-        if classify(data) != PacketClass::Control {
-            self.dropped(now_ms, src, "not a control packet");
-            return;
+        match classify(data) {
+            PacketClass::Control => {}
+            PacketClass::Stun => return self.handle_stun(now_ms, src, data),
+            _ => return self.dropped(now_ms, src, "not a control packet"),
         }
         let Some(h) = ControlHeader::parse(data) else {
             return;
@@ -243,6 +249,22 @@ impl<S: Store> ControlServer<S> {
             Some(ControlKind::Hello) => self.handle_hello(now_ms, src, data),
             Some(ControlKind::Transport) => self.handle_transport(now_ms, src, data),
             _ => self.dropped(now_ms, src, "unexpected control kind"),
+        }
+    }
+
+    /// Answers STUN Binding requests (with the address they came from), when the answer is no
+    /// larger than the request.
+    fn handle_stun(&mut self, now_ms: u64, src: SocketAddr, data: &[u8]) {
+        let Some(stun::Message::BindingRequest(tx)) = stun::parse(data) else {
+            return self.dropped(now_ms, src, "not a STUN binding request");
+        };
+        let mut out = [0u8; 64];
+        match stun::write_success(&tx, src, data.len(), &mut out) {
+            Some(n) => self.outbox.push_back(Transmit {
+                dst: src,
+                payload: out[..n].to_vec(),
+            }),
+            None => self.dropped(now_ms, src, "STUN request too small to answer"),
         }
     }
 
@@ -307,11 +329,14 @@ impl<S: Store> ControlServer<S> {
                             session,
                             addr: src,
                             known_version: 0,
+                            punches: LogLimit::new(PUNCHES_PER_SECOND),
                         },
                     );
                     let name = &self.registry.get(&key).expect("admitted").name;
                     info!(node = %name, %src, "node connected");
                     self.mark_seen(key, src, now_ms);
+                    self.registry
+                        .set_local_endpoints(&key, &hello.local_endpoints);
                 }
             }
             Err(e) => self.dropped(now_ms, src, &format!("welcome: {e}")),
@@ -402,21 +427,30 @@ impl<S: Store> ControlServer<S> {
         // Authenticated: the node is here, at `src` (this is how roaming is followed).
         node.addr = src;
         if let Ok(
-            ToCoordinator::Heartbeat { map_version } | ToCoordinator::GetPeers { map_version, .. },
+            ToCoordinator::Heartbeat { map_version, .. }
+            | ToCoordinator::GetPeers { map_version, .. },
         ) = &msg
         {
             node.known_version = node.known_version.max(*map_version);
         }
+        let punch_allowed = node.punches.allow(now_ms);
         let key = node.key;
         self.mark_seen(key, src, now_ms);
         match msg {
-            Ok(ToCoordinator::Heartbeat { .. }) => self.send(
-                idx,
-                &ToNode::HeartbeatAck {
-                    map_version: self.registry.map_version(),
-                    endpoint: src,
-                },
-            ),
+            Ok(ToCoordinator::Heartbeat {
+                local_endpoints, ..
+            }) => {
+                self.registry.set_local_endpoints(&key, &local_endpoints);
+                self.send(
+                    idx,
+                    &ToNode::HeartbeatAck {
+                        map_version: self.registry.map_version(),
+                        endpoint: src,
+                    },
+                )
+            }
+            Ok(ToCoordinator::Punch { peer }) if punch_allowed => self.punch(key, peer),
+            Ok(ToCoordinator::Punch { .. }) => self.dropped(now_ms, src, "punch rate limit"),
             Ok(ToCoordinator::GetPeers { offset, .. }) => {
                 let (total, peers) = self.registry.page(&key, offset);
                 let page = ToNode::PeerPage {
@@ -437,6 +471,32 @@ impl<S: Store> ControlServer<S> {
             }
             Err(e) => self.dropped(now_ms, src, &format!("message: {e}")),
         }
+    }
+
+    /// Tells `a` and `b` to probe each other now, each with the other's candidates.
+    fn punch(&mut self, a: PublicKey, b: PublicKey) {
+        let (Some(&sa), Some(&sb)) = (self.session_of.get(&a), self.session_of.get(&b)) else {
+            return; // The peer is not connected: nothing to coordinate.
+        };
+        let (Some(ca), Some(cb)) = (self.registry.candidates(&a), self.registry.candidates(&b))
+        else {
+            return;
+        };
+        debug!(a = %a.short(), b = %b.short(), "coordinating a hole punch");
+        self.send(
+            sb,
+            &ToNode::Punch {
+                peer: a,
+                candidates: ca,
+            },
+        );
+        self.send(
+            sa,
+            &ToNode::Punch {
+                peer: b,
+                candidates: cb,
+            },
+        );
     }
 
     fn mark_seen(&mut self, key: PublicKey, src: SocketAddr, now_ms: u64) {

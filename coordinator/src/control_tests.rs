@@ -67,6 +67,7 @@ impl FakeNode {
             session: 7,
             name: "box".into(),
             join,
+            local_endpoints: vec![SocketAddr::from(([10, 9, 0, self.secret[0]], 41641))],
         };
         let mut buf = [0u8; MAX_DATAGRAM];
         let (init, n) = Initiator::start(&self.secret, &s.public_key(), &hello, &mut buf).unwrap();
@@ -213,6 +214,7 @@ fn a_replayed_hello_gets_no_answer() {
         session: 1,
         name: "a".into(),
         join: None,
+        local_endpoints: vec![],
     };
     let mut buf = [0u8; MAX_DATAGRAM];
     let (_, n) = Initiator::start(&a.secret, &s.public_key(), &hello, &mut buf).unwrap();
@@ -253,7 +255,11 @@ fn peers_hear_of_a_join_and_pull_the_map() {
             total: 1, peers, ..
         }] => {
             assert_eq!(peers[0].public_key, b.public());
-            assert_eq!(peers[0].endpoints, vec![b.addr]);
+            assert_eq!(peers[0].candidates.public, Some(b.addr));
+            assert_eq!(
+                peers[0].candidates.local,
+                vec!["10.9.0.2:41641".parse().unwrap()]
+            );
             assert!(peers[0].online);
         }
         other => panic!("{other:?}"),
@@ -272,7 +278,14 @@ fn silent_nodes_go_offline_and_peers_are_told() {
     // a keeps heartbeating, b goes silent.
     for t in (10_000..=60_000).step_by(10_000) {
         let map_version = s.registry().map_version();
-        a.send(&mut s, t, &ToCoordinator::Heartbeat { map_version });
+        a.send(
+            &mut s,
+            t,
+            &ToCoordinator::Heartbeat {
+                map_version,
+                local_endpoints: vec![],
+            },
+        );
         assert!(matches!(a.inbox(&mut s)[..], [ToNode::HeartbeatAck { .. }]));
     }
     let mut now = 60_000;
@@ -305,7 +318,14 @@ fn the_endpoint_follows_authenticated_packets() {
     let mut a = FakeNode::new(1);
     a.join(&mut s, 0, None);
     a.addr = "198.51.100.9:999".parse().unwrap();
-    a.send(&mut s, 5, &ToCoordinator::Heartbeat { map_version: 0 });
+    a.send(
+        &mut s,
+        5,
+        &ToCoordinator::Heartbeat {
+            map_version: 0,
+            local_endpoints: vec![],
+        },
+    );
     match a.inbox(&mut s).as_slice() {
         [ToNode::HeartbeatAck { endpoint, .. }] => assert_eq!(*endpoint, a.addr),
         other => panic!("{other:?}"),
@@ -380,4 +400,62 @@ fn a_lost_announcement_is_repeated_until_the_node_asks() {
     s.handle_timeout(again + 1_000);
     let told: Vec<SocketAddr> = drain(&mut s).iter().map(|t| t.dst).collect();
     assert_eq!(told, vec![b.addr]);
+}
+
+#[test]
+fn a_punch_request_reaches_both_sides_with_the_others_candidates() {
+    let mut s = server(SqliteStore::in_memory(), true);
+    let mut a = FakeNode::new(1);
+    let mut b = FakeNode::new(2);
+    a.join(&mut s, 0, None);
+    b.join(&mut s, 0, None);
+    drain(&mut s);
+    a.send(&mut s, 10, &ToCoordinator::Punch { peer: b.public() });
+    let out = drain(&mut s);
+    assert_eq!(out.len(), 2);
+    for t in &out {
+        let (me, other) = if t.dst == a.addr {
+            (&mut a, b.addr)
+        } else {
+            (&mut b, a.addr)
+        };
+        match me.read(t) {
+            ToNode::Punch { candidates, .. } => assert_eq!(candidates.public, Some(other)),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A peer that is not connected: nothing happens.
+    a.send(
+        &mut s,
+        20,
+        &ToCoordinator::Punch {
+            peer: PublicKey([9; 32]),
+        },
+    );
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn stun_binding_requests_get_the_source_address() {
+    let mut s = server(SqliteStore::in_memory(), true);
+    let src: SocketAddr = "198.51.100.20:5555".parse().unwrap();
+    let mut req = [0u8; lanmesh_proto::stun::REQUEST_LEN];
+    let n = lanmesh_proto::stun::write_request(&[3; 12], &mut req);
+    s.handle_datagram(1, src, &req[..n]);
+    let out = drain(&mut s);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].payload.len() <= n);
+    assert_eq!(
+        lanmesh_proto::stun::parse(&out[0].payload),
+        Some(lanmesh_proto::stun::Message::BindingSuccess {
+            transaction: [3; 12],
+            mapped: src
+        })
+    );
+    // A bare 20-byte request would need a larger answer: none.
+    let mut bare = req[..20].to_vec();
+    bare[2..4].copy_from_slice(&[0, 0]);
+    assert!(lanmesh_proto::stun::parse(&bare).is_some());
+    s.handle_datagram(1, src, &bare);
+    assert!(drain(&mut s).is_empty());
 }

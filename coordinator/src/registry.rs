@@ -4,7 +4,9 @@
 //! Every change that peers must hear about bumps `map_version`; nodes pull the map in pages.
 
 use ipnet::Ipv4Net;
-use lanmesh_proto::messages::{encoded_len, PeerInfo, MAX_NAME_LEN, PAGE_BUDGET};
+use lanmesh_proto::messages::{
+    encoded_len, Candidates, PeerInfo, MAX_ENDPOINTS, MAX_NAME_LEN, PAGE_BUDGET,
+};
 use lanmesh_proto::PublicKey;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,6 +26,9 @@ pub struct NodeRecord {
 struct Entry {
     record: NodeRecord,
     online: bool,
+    /// The node's interface endpoints, as it last reported them (not stored: a node reports
+    /// them again whenever it connects).
+    local: Vec<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -161,6 +166,7 @@ impl Registry {
             Entry {
                 record,
                 online: false,
+                local: Vec::new(),
             },
         );
         self.bump();
@@ -188,6 +194,29 @@ impl Registry {
             self.bump();
         }
         changed
+    }
+
+    /// Records the interface endpoints a node reported; returns true if they changed.
+    pub fn set_local_endpoints(&mut self, key: &PublicKey, local: &[SocketAddr]) -> bool {
+        let Some(entry) = self.nodes.get_mut(key) else {
+            return false;
+        };
+        let local = &local[..local.len().min(MAX_ENDPOINTS)];
+        if entry.local == local {
+            return false;
+        }
+        entry.local = local.to_vec();
+        self.bump();
+        true
+    }
+
+    /// Where a node may be reached.
+    pub fn candidates(&self, key: &PublicKey) -> Option<Candidates> {
+        let e = self.nodes.get(key)?;
+        Some(Candidates {
+            public: e.record.endpoint,
+            local: e.local.clone(),
+        })
     }
 
     /// Marks a node offline at once (it said goodbye).
@@ -249,7 +278,7 @@ impl Registry {
             name: e.record.name.clone(),
             public_key: *key,
             mesh_ip: e.record.mesh_ip,
-            endpoints: e.record.endpoint.into_iter().collect(),
+            candidates: self.candidates(key).unwrap_or_default(),
             online: e.online,
         }
     }
@@ -358,6 +387,24 @@ mod tests {
         assert!(!r.is_online(&key(1)));
         assert!(r.map_version() > v);
         assert_eq!(r.next_expiry_ms(), None);
+    }
+
+    #[test]
+    fn local_endpoints_reach_the_map() {
+        let mut r = registry();
+        add(&mut r, 1, "a");
+        add(&mut r, 2, "b");
+        let local = vec![SocketAddr::from(([10, 1, 0, 2], 41641))];
+        let v = r.map_version();
+        assert!(r.set_local_endpoints(&key(1), &local));
+        assert!(!r.set_local_endpoints(&key(1), &local));
+        assert_eq!(r.map_version(), v + 1);
+        let (_, page) = r.page(&key(2), 0);
+        assert_eq!(page[0].candidates.local, local);
+        assert_eq!(page[0].candidates.public, Some(ep(1)));
+        // At most MAX_ENDPOINTS are kept.
+        r.set_local_endpoints(&key(1), &vec![ep(5); 20]);
+        assert_eq!(r.candidates(&key(1)).unwrap().local.len(), MAX_ENDPOINTS);
     }
 
     #[test]

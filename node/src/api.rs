@@ -29,6 +29,11 @@ pub struct Status {
     pub public_key: String,
     pub coordinator: String,
     pub coordinator_connected: bool,
+    /// This node's public endpoint as the coordinator sees it.
+    pub public_endpoint: Option<String>,
+    /// Whether our NAT maps different destinations to different public ports (symmetric NAT);
+    /// null until it is known (needs at least one --stun server besides the coordinator).
+    pub mapping_varies_by_destination: Option<bool>,
     pub peers: Vec<PeerStatus>,
 }
 

@@ -9,7 +9,8 @@ use lanmesh_proto::channel::{transport_receiver, Initiator, Session, MAX_DATAGRA
 use lanmesh_proto::header::{self, ControlHeader, ControlKind, HEADER_LEN};
 use lanmesh_proto::join_key::JoinSecret;
 use lanmesh_proto::messages::{
-    self, Hello, PeerInfo, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT,
+    self, Candidates, Hello, PeerInfo, ToCoordinator, ToNode, Welcome, MAX_ENDPOINTS,
+    MAX_PLAINTEXT, PUNCH_REQUEST_LEN,
 };
 use lanmesh_proto::{PublicKey, PROTOCOL_VERSION};
 use std::collections::VecDeque;
@@ -51,6 +52,13 @@ pub enum Event {
     },
     /// A complete, consistent peer map.
     PeerMap(Vec<PeerInfo>),
+    /// Probe this peer at these candidates now (the coordinator told it the same about us).
+    Punch {
+        peer: PublicKey,
+        candidates: Candidates,
+    },
+    /// The coordinator now sees this node at another public endpoint (NAT mapping changed).
+    PublicEndpointChanged { old: SocketAddr, new: SocketAddr },
     /// No answer from the coordinator; trying again after `retry_in`.
     Unreachable { retry_in: Duration },
     /// The connected coordinator stopped answering.
@@ -109,6 +117,8 @@ pub struct ControlClient {
     last_timestamp: u64,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    local_endpoints: Vec<SocketAddr>,
+    public_endpoint: Option<SocketAddr>,
 }
 
 impl ControlClient {
@@ -132,6 +142,8 @@ impl ControlClient {
             last_timestamp: 0,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            local_endpoints: Vec::new(),
+            public_endpoint: None,
         };
         c.restart(now);
         c
@@ -139,6 +151,22 @@ impl ControlClient {
 
     pub fn coordinator_addr(&self) -> SocketAddr {
         self.coordinator_addr
+    }
+
+    /// This node's interface endpoints, reported with the next Hello or heartbeat.
+    pub fn set_local_endpoints(&mut self, mut endpoints: Vec<SocketAddr>) {
+        endpoints.truncate(MAX_ENDPOINTS);
+        self.local_endpoints = endpoints;
+    }
+
+    /// Where the coordinator last saw this node.
+    pub fn public_endpoint(&self) -> Option<SocketAddr> {
+        self.public_endpoint
+    }
+
+    /// Asks the coordinator to have this node and `peer` probe each other now.
+    pub fn request_punch(&mut self, peer: PublicKey) {
+        self.send(&ToCoordinator::Punch { peer });
     }
 
     pub fn is_connected(&self) -> bool {
@@ -204,6 +232,7 @@ impl ControlClient {
             session: self.session_counter,
             name: self.name.clone(),
             join: self.join,
+            local_endpoints: self.local_endpoints.clone(),
         };
         let mut buf = [0u8; MAX_DATAGRAM];
         match Initiator::start(&self.private, &coordinator, &hello, &mut buf) {
@@ -273,7 +302,11 @@ impl ControlClient {
                     c.awaiting_ack_since = Some(now);
                     c.unacked += 1;
                     let map_version = c.known_version;
-                    self.send(&ToCoordinator::Heartbeat { map_version });
+                    let local_endpoints = self.local_endpoints.clone();
+                    self.send(&ToCoordinator::Heartbeat {
+                        map_version,
+                        local_endpoints,
+                    });
                 }
                 self.pull_if_needed(now);
             }
@@ -371,6 +404,7 @@ impl ControlClient {
                 Some(session),
             ) => {
                 self.join = None; // Registered: the node key is enough from now on.
+                self.note_public_endpoint(endpoint);
                 self.events.push_back(Event::Registered {
                     name,
                     mesh_ip,
@@ -412,10 +446,17 @@ impl ControlClient {
             return;
         };
         match msg {
-            ToNode::HeartbeatAck { map_version, .. } => {
+            ToNode::HeartbeatAck {
+                map_version,
+                endpoint,
+            } => {
                 c.unacked = 0;
                 c.awaiting_ack_since = None;
                 c.wanted_version = c.wanted_version.max(map_version);
+                self.note_public_endpoint(endpoint);
+            }
+            ToNode::Punch { peer, candidates } => {
+                self.events.push_back(Event::Punch { peer, candidates });
             }
             ToNode::MapChanged { map_version } => {
                 c.wanted_version = c.wanted_version.max(map_version);
@@ -435,6 +476,15 @@ impl ControlClient {
             }
         }
         self.pull_if_needed(now);
+    }
+
+    fn note_public_endpoint(&mut self, endpoint: SocketAddr) {
+        if let Some(old) = self.public_endpoint.replace(endpoint) {
+            if old != endpoint {
+                self.events
+                    .push_back(Event::PublicEndpointChanged { old, new: endpoint });
+            }
+        }
     }
 
     fn handle_page(
@@ -521,9 +571,10 @@ impl ControlClient {
             return;
         };
         let mut plain = [0u8; MAX_PLAINTEXT];
-        // Pad page requests to full size so the page they earn is never larger.
+        // Pad requests to the size of what they earn, so no answer is larger.
         let pad = match msg {
             ToCoordinator::GetPeers { .. } => MAX_PLAINTEXT,
+            ToCoordinator::Punch { .. } => PUNCH_REQUEST_LEN,
             _ => 0,
         };
         let mut out = [0u8; MAX_DATAGRAM];

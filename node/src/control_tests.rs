@@ -85,7 +85,7 @@ fn peer(i: u8) -> PeerInfo {
         name: format!("p{i}"),
         public_key: PublicKey([i; 32]),
         mesh_ip: std::net::Ipv4Addr::new(100, 64, 0, i),
-        endpoints: vec![],
+        candidates: Default::default(),
         online: true,
     }
 }

@@ -6,6 +6,7 @@ use crate::control::{ControlClient, Event, Trust};
 use crate::mesh::{Io, Mesh, SCRATCH_LEN};
 use crate::netconf;
 use crate::state::StateDir;
+use crate::stun_client::StunClient;
 use anyhow::{bail, Context};
 use lanmesh_proto::header::{classify, PacketClass};
 use lanmesh_proto::{JoinKey, PublicKey, DEFAULT_COORDINATOR_PORT};
@@ -24,6 +25,31 @@ pub struct UpOptions {
     pub state: StateDir,
     pub interface: String,
     pub port: u16,
+    /// Extra STUN servers (HOST:PORT) to learn whether our NAT mapping varies by destination.
+    pub stun: Vec<String>,
+    pub keepalive_secs: u16,
+}
+
+/// Interface endpoints are re-read this often (addresses change when networks do).
+const LOCAL_ENDPOINTS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// This machine's IPv4 interface addresses with our port: how peers on the same LAN reach us.
+/// Loopback, link-local and the mesh interface itself are left out.
+fn local_endpoints(port: u16, mesh_interface: &str) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.name != mesh_interface)
+        .filter_map(|i| match i.ip() {
+            std::net::IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local() => {
+                Some(SocketAddr::from((v4, port)))
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// What the node has been told about itself.
@@ -218,7 +244,23 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         epoch,
         rand::random(),
     );
-    let mut mesh = Mesh::new(secret, epoch);
+    let port = udp.local_addr()?.port();
+    control.set_local_endpoints(local_endpoints(port, &opts.interface));
+    let mut mesh = Mesh::new(secret, opts.keepalive_secs, epoch);
+    let mut stun_servers = Vec::new();
+    for server in &opts.stun {
+        match tokio::net::lookup_host(coordinator_target(server)).await {
+            Ok(mut addrs) => match addrs.find(SocketAddr::is_ipv4) {
+                Some(a) => stun_servers.push(a),
+                None => warn!("STUN server {server} has no IPv4 address; not using it"),
+            },
+            Err(e) => warn!("cannot resolve STUN server {server}: {e}; not using it"),
+        }
+    }
+    let mut stun = StunClient::new(stun_servers, epoch, rand::random());
+    let mut reported_varies = None;
+    let mut next_local_scan = epoch + LOCAL_ENDPOINTS_INTERVAL;
+    let mut punch_requests: Vec<PublicKey> = Vec::new();
     let mut identity: Option<Identity> = None;
     let mut tun: Option<tun_rs::AsyncDevice> = None;
 
@@ -229,6 +271,9 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let result: anyhow::Result<()> = loop {
+        for peer in punch_requests.drain(..) {
+            control.request_punch(peer);
+        }
         while let Some(t) = control.poll_transmit() {
             let _ = udp.send_to(&t.payload, t.dst).await;
         }
@@ -276,7 +321,16 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                         network,
                     });
                 }
-                Event::PeerMap(peers) => mesh.apply_peer_map(peers, &mut scratch, &mut io),
+                Event::PeerMap(peers) => {
+                    mesh.apply_peer_map(Instant::now(), peers, &mut scratch, &mut io)
+                }
+                Event::Punch { peer, candidates } => {
+                    mesh.punch(Instant::now(), &peer, &candidates, &mut scratch, &mut io)
+                }
+                Event::PublicEndpointChanged { old, new } => {
+                    info!(%old, %new, "our public endpoint changed (NAT mapping or network changed); probing peers again");
+                    mesh.network_changed(Instant::now());
+                }
                 Event::Unreachable { retry_in } => warn!(
                     "coordinator {coordinator} is not answering; retrying in {}s{}",
                     retry_in.as_secs(),
@@ -291,9 +345,24 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         if let Some(message) = fatal {
             break Err(anyhow::anyhow!(message));
         }
-        let wake = control
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let varies = stun.mapping_varies(control.public_endpoint());
+        if varies != reported_varies && varies.is_some() {
+            reported_varies = varies;
+            if varies == Some(true) {
+                warn!("our NAT maps each destination to a different public port (symmetric NAT): direct paths to peers behind port-restricted or symmetric NATs will not work");
+            } else {
+                info!("our NAT keeps one public endpoint for all destinations (punchable)");
+            }
+        }
+        let wake = [
+            control.poll_timeout(),
+            mesh.poll_timeout(),
+            stun.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let tun_ref = tun.as_ref();
         let tun_read = async {
             match tun_ref {
@@ -306,13 +375,17 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 let now = Instant::now();
                 if let Ok((n, src)) = r {
                     let datagram = &rx_buf[..n];
+                    let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
                     match classify(datagram) {
                         PacketClass::WireGuard => {
-                            let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
                             mesh.handle_datagram(now, src, datagram, &mut scratch, &mut io);
                         }
+                        PacketClass::Control if is_probe(datagram) => {
+                            mesh.handle_probe(now, src, datagram, &mut scratch, &mut io);
+                        }
                         PacketClass::Control => control.handle_datagram(now, src, datagram),
-                        _ => {}
+                        PacketClass::Stun => stun.handle_datagram(src, datagram),
+                        PacketClass::Unknown => {}
                     }
                 }
             }
@@ -323,14 +396,27 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     mesh.handle_tun_packet(now, &tun_buf[..n], &mut scratch, &mut io);
                 }
             }
-            _ = tokio::time::sleep_until(wake.into()) => control.handle_timeout(Instant::now()),
-            _ = ticker.tick() => {
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                control.handle_timeout(now);
+                stun.handle_timeout(now, &mut |dst, d| { let _ = udp.try_send_to(d, dst); });
                 let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
-                mesh.tick(&mut scratch, &mut io);
+                mesh.handle_timeout(now, &mut scratch, &mut io, &mut |k| punch_requests.push(k));
+            }
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
+                mesh.tick(now, &mut scratch, &mut io);
+                mesh.handle_timeout(now, &mut scratch, &mut io, &mut |k| punch_requests.push(k));
+                if now >= next_local_scan {
+                    next_local_scan = now + LOCAL_ENDPOINTS_INTERVAL;
+                    control.set_local_endpoints(local_endpoints(port, &opts.interface));
+                }
             }
             Some((request, reply)) = api_rx.recv() => match request {
                 Request::Status => {
-                    let _ = reply.send(Response::Status(status(&identity, &public, &control, &mesh)));
+                    let varies = stun.mapping_varies(control.public_endpoint());
+                    let _ = reply.send(Response::Status(status(&identity, &public, &control, &mesh, varies)));
                 }
                 Request::Down => {
                     drop(reply); // Already answered by the API task.
@@ -360,11 +446,17 @@ fn cleanup(state: &StateDir, tun: Option<tun_rs::AsyncDevice>) -> anyhow::Result
     Ok(())
 }
 
+fn is_probe(datagram: &[u8]) -> bool {
+    lanmesh_proto::header::ControlHeader::parse(datagram)
+        .is_some_and(|h| h.kind == Some(lanmesh_proto::header::ControlKind::Probe))
+}
+
 fn status(
     identity: &Option<Identity>,
     public: &PublicKey,
     control: &ControlClient,
     mesh: &Mesh,
+    mapping_varies: Option<bool>,
 ) -> Status {
     Status {
         name: identity
@@ -378,8 +470,10 @@ fn status(
         public_key: public.to_string(),
         coordinator: control.coordinator_addr().to_string(),
         coordinator_connected: control.is_connected(),
+        public_endpoint: control.public_endpoint().map(|e| e.to_string()),
+        mapping_varies_by_destination: mapping_varies,
         peers: mesh
-            .peers()
+            .peers(Instant::now())
             .into_iter()
             .map(|p| PeerStatus {
                 name: p.info.name,

@@ -5,7 +5,9 @@ mod control;
 mod daemon;
 mod mesh;
 mod netconf;
+mod paths;
 mod state;
+mod stun_client;
 
 #[cfg(test)]
 mod control_tests;
@@ -85,6 +87,14 @@ struct UpArgs {
     /// UDP port for WireGuard and control traffic [default: 41641].
     #[arg(long, value_name = "N")]
     port: Option<u16>,
+    /// Extra STUN server (HOST:PORT, repeatable) to learn whether this NAT maps each
+    /// destination to a different port [default: none; the coordinator is always asked].
+    #[arg(long, value_name = "HOST:PORT")]
+    stun: Vec<String>,
+    /// Seconds between keepalives on idle paths, to hold NAT mappings open (Linux forgets idle
+    /// UDP mappings after 30 s) [default: 25].
+    #[arg(long, value_name = "SECS")]
+    keepalive: Option<u16>,
     /// TOML config file; flags given on the command line win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -100,6 +110,9 @@ struct NodeConfig {
     state_dir: Option<PathBuf>,
     interface: Option<String>,
     port: Option<u16>,
+    #[serde(default)]
+    stun: Vec<String>,
+    keepalive_secs: Option<u16>,
 }
 
 fn main() {
@@ -138,6 +151,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             if interface.is_empty() || interface.len() > 15 || interface.contains('/') {
                 bail!("bad --interface {interface:?}: use 1 to 15 characters, no '/'");
             }
+            let keepalive_secs = args
+                .keepalive
+                .or(cfg.keepalive_secs)
+                .unwrap_or(mesh::KEEPALIVE_SECS);
+            if !(1..=120).contains(&keepalive_secs) {
+                bail!("--keepalive must be between 1 and 120 seconds");
+            }
             let opts = daemon::UpOptions {
                 coordinator,
                 auth_key,
@@ -145,6 +165,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 state: state::StateDir::new(args.dir.state_dir.or(cfg.state_dir)),
                 interface,
                 port: args.port.or(cfg.port).unwrap_or(DEFAULT_NODE_PORT),
+                stun: if args.stun.is_empty() {
+                    cfg.stun
+                } else {
+                    args.stun
+                },
+                keepalive_secs,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -6,12 +6,14 @@
 //! No IO and no allocation per packet: callers pass a reusable scratch buffer and an [`Io`]
 //! that moves bytes (non-blocking; a full queue drops the packet, as a NIC would).
 
+use crate::paths::{CandidateKind, PathAction, PathFinder};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use lanmesh_proto::log_limit::LogLimit;
-use lanmesh_proto::messages::PeerInfo;
+use lanmesh_proto::messages::{Candidates, PeerInfo};
+use lanmesh_proto::probe::{self, Probe, ProbeKey};
 use lanmesh_proto::PublicKey;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,6 +36,9 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// A session older than this without a new handshake is dead (WireGuard's REJECT_AFTER_TIME
 /// is 180 s; boringtun re-handshakes well before that on live paths).
 const SESSION_ALIVE: Duration = Duration::from_secs(180);
+/// A path counts as working while authenticated packets keep arriving at least this often
+/// (keepalives every 25 s keep an idle path inside it).
+const PATH_ALIVE: Duration = Duration::from_secs(35);
 /// Scratch buffers must hold a full datagram plus WireGuard's overhead.
 pub const SCRATCH_LEN: usize = 65_536;
 
@@ -58,9 +63,32 @@ struct Peer {
     tunn: Tunn,
     /// `slot | generation << 16`: boringtun puts it (shifted by 8) on every packet for us.
     index: u32,
+    /// Where WireGuard packets for this peer go.
     endpoint: Option<SocketAddr>,
-    /// Whether a live session was last reported (for "peer up/down" logs).
+    paths: PathFinder,
+    probe_key: ProbeKey,
+    /// Whether a working path was last reported (for "peer up/down" logs).
     up: bool,
+}
+
+impl Peer {
+    fn session_alive(&self) -> bool {
+        self.tunn
+            .time_since_last_handshake()
+            .is_some_and(|t| t < SESSION_ALIVE)
+    }
+
+    fn path(&self, now: Instant) -> Path {
+        let fresh = self
+            .paths
+            .last_rx()
+            .is_some_and(|t| now.saturating_duration_since(t) < PATH_ALIVE);
+        if self.session_alive() && fresh && self.endpoint.is_some() {
+            Path::Direct
+        } else {
+            Path::Connecting
+        }
+    }
 }
 
 /// A snapshot of one peer for `node status`.
@@ -77,6 +105,8 @@ pub struct PeerView {
 pub struct Mesh {
     private: StaticSecret,
     public: x25519_dalek::PublicKey,
+    me: PublicKey,
+    keepalive_secs: u16,
     rate_limiter: Arc<RateLimiter>,
     slots: Vec<Option<Peer>>,
     generations: Vec<u8>,
@@ -87,12 +117,14 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    pub fn new(private: StaticSecret, now: Instant) -> Mesh {
+    pub fn new(private: StaticSecret, keepalive_secs: u16, now: Instant) -> Mesh {
         let public = x25519_dalek::PublicKey::from(&private);
         Mesh {
             rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
             private,
             public,
+            me: PublicKey::from(public),
+            keepalive_secs,
             slots: Vec::new(),
             generations: Vec::new(),
             by_key: HashMap::new(),
@@ -109,7 +141,13 @@ impl Mesh {
     }
 
     /// Brings the peer set in line with the coordinator's map.
-    pub fn apply_peer_map(&mut self, peers: Vec<PeerInfo>, scratch: &mut [u8], io: &mut impl Io) {
+    pub fn apply_peer_map(
+        &mut self,
+        now: Instant,
+        peers: Vec<PeerInfo>,
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) {
         let wanted: HashMap<PublicKey, PeerInfo> =
             peers.into_iter().map(|p| (p.public_key, p)).collect();
         let gone: Vec<PublicKey> = self
@@ -123,13 +161,13 @@ impl Mesh {
         }
         for (key, info) in wanted {
             match self.by_key.get(&key) {
-                Some(&slot) => self.update(slot, info),
-                None => self.add(info, scratch, io),
+                Some(&slot) => self.update(now, slot, info),
+                None => self.add(now, info, scratch, io),
             }
         }
     }
 
-    fn add(&mut self, info: PeerInfo, scratch: &mut [u8], io: &mut impl Io) {
+    fn add(&mut self, now: Instant, info: PeerInfo, scratch: &mut [u8], io: &mut impl Io) {
         if info.public_key == PublicKey::from(self.public) {
             return;
         }
@@ -148,7 +186,7 @@ impl Mesh {
             self.private.clone(),
             info.public_key.into(),
             None,
-            Some(KEEPALIVE_SECS),
+            Some(self.keepalive_secs),
             index,
             Some(self.rate_limiter.clone()),
         );
@@ -157,27 +195,43 @@ impl Mesh {
             debug!(slot = old, "mesh IP moved to a new peer");
         }
         self.by_key.insert(info.public_key, slot);
-        let endpoint = info.endpoints.first().copied();
+        let mut paths = PathFinder::new(rand::random());
+        paths.set_candidates(&info.candidates);
         let online = info.online;
+        if online {
+            // Both sides learn of each other at about the same time and punch together.
+            paths.start_punch(now);
+        }
+        let probe_key = ProbeKey::derive(&self.private, &self.me, &info.public_key);
         self.slots[slot] = Some(Peer {
+            endpoint: paths.fallback(),
             info,
             tunn,
             index,
-            endpoint,
+            paths,
+            probe_key,
             up: false,
         });
         if online {
             self.initiate(slot, scratch, io);
+            self.handle_timeout(now, scratch, io, &mut |_| {});
         }
     }
 
-    fn update(&mut self, slot: usize, info: PeerInfo) {
+    fn update(&mut self, now: Instant, slot: usize, info: PeerInfo) {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
-        let advertised = info.endpoints.first().copied();
-        if advertised != peer.info.endpoints.first().copied() && advertised.is_some() {
-            peer.endpoint = advertised;
+        if info.candidates != peer.info.candidates {
+            peer.paths.set_candidates(&info.candidates);
+            if peer.paths.best().is_none() {
+                peer.endpoint = peer.paths.fallback();
+            }
+            if info.online {
+                peer.paths.start_punch(now);
+            }
+        } else if info.online && !peer.info.online && peer.paths.best().is_none() {
+            peer.paths.start_punch(now);
         }
         if peer.info.mesh_ip != info.mesh_ip {
             self.by_ip.remove(&peer.info.mesh_ip);
@@ -227,6 +281,7 @@ impl Mesh {
             return self.dropped(now, format_args!("no peer has mesh IP {dst}"));
         };
         let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
+        peer.paths.on_data_tx(now);
         match peer.tunn.encapsulate(packet, scratch) {
             TunnResult::WriteToNetwork(b) => match peer.endpoint {
                 Some(ep) => io.send_udp(ep, b),
@@ -302,10 +357,125 @@ impl Mesh {
                 false
             }
         };
-        // Roaming: follow the peer to wherever its authenticated packets come from.
-        if authenticated && peer.endpoint != Some(src) {
-            info!(peer = %peer.info.name, endpoint = %src, "peer endpoint changed");
-            peer.endpoint = Some(src);
+        if authenticated {
+            // Roaming: follow the peer to wherever its authenticated packets come from.
+            if let Some(moved) = peer.paths.on_authenticated_rx(now, src) {
+                if peer.endpoint != Some(moved) {
+                    info!(peer = %peer.info.name, endpoint = %moved, "peer endpoint changed");
+                    peer.endpoint = Some(moved);
+                }
+            }
+        }
+    }
+
+    /// A path probe (ping or pong) from the socket. Probes from unknown senders are dropped
+    /// after a table lookup, before any cryptography.
+    pub fn handle_probe(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) {
+        let Some(sender) = probe::sender(datagram) else {
+            return self.dropped(now, format_args!("malformed probe from {src}"));
+        };
+        let Some(&slot) = self.by_key.get(&sender) else {
+            return self.dropped(now, format_args!("probe from unknown key at {src}"));
+        };
+        let me = self.me;
+        let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
+        let Some(message) = peer.probe_key.open(datagram) else {
+            return self.dropped(now, format_args!("forged probe from {src}"));
+        };
+        match message {
+            Probe::Ping { tx } => {
+                let pong =
+                    peer.probe_key
+                        .seal(&me, &Probe::Pong { tx, observed: src }, rand::random());
+                io.send_udp(src, &pong);
+                peer.paths.on_ping(now, src);
+            }
+            Probe::Pong { tx, observed } => {
+                let Some(won) = peer.paths.on_pong(now, src, tx) else {
+                    return;
+                };
+                let kind = match won.path.kind {
+                    CandidateKind::Local => "lan",
+                    CandidateKind::Public => "public",
+                    CandidateKind::PeerReflexive => "peer-reflexive",
+                };
+                info!(
+                    peer = %peer.info.name,
+                    "direct path: {observed} (us, as the peer sees us) <-> {src} ({kind}), won after {} ms, rtt {:.1} ms",
+                    won.after.as_millis(),
+                    won.path.rtt.as_secs_f64() * 1000.0
+                );
+                peer.endpoint = Some(src);
+                if !peer.session_alive() {
+                    self.initiate(slot, scratch, io);
+                }
+            }
+        }
+    }
+
+    /// The coordinator says: probe `key` at these candidates now.
+    pub fn punch(
+        &mut self,
+        now: Instant,
+        key: &PublicKey,
+        candidates: &Candidates,
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) {
+        let Some(&slot) = self.by_key.get(key) else {
+            return;
+        };
+        let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
+        peer.paths.set_candidates(candidates);
+        peer.paths.start_punch(now);
+        self.handle_timeout(now, scratch, io, &mut |_| {});
+    }
+
+    /// Our public endpoint changed: every path may be gone, so probe them all again.
+    pub fn network_changed(&mut self, now: Instant) {
+        for peer in self.slots.iter_mut().flatten() {
+            peer.paths.network_changed(now);
+        }
+    }
+
+    /// When [`Mesh::handle_timeout`] has probes to send next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|p| p.paths.poll_timeout())
+            .min()
+    }
+
+    /// Sends due probes and checks paths; peers that need a coordinated punch are passed to
+    /// `request_punch`.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        _scratch: &mut [u8],
+        io: &mut impl Io,
+        request_punch: &mut impl FnMut(PublicKey),
+    ) {
+        let me = self.me;
+        for peer in self.slots.iter_mut().flatten() {
+            let key = peer.info.public_key;
+            let probe_key = &peer.probe_key;
+            peer.paths.handle_timeout(now, &mut |action| match action {
+                PathAction::Ping { addr, tx } => {
+                    io.send_udp(
+                        addr,
+                        &probe_key.seal(&me, &Probe::Ping { tx }, rand::random()),
+                    );
+                }
+                PathAction::RequestPunch => request_punch(key),
+            });
         }
     }
 
@@ -319,7 +489,7 @@ impl Mesh {
     }
 
     /// Drives WireGuard's timers (call every ~250 ms) and reports peers coming up or down.
-    pub fn tick(&mut self, scratch: &mut [u8], io: &mut impl Io) {
+    pub fn tick(&mut self, now: Instant, scratch: &mut [u8], io: &mut impl Io) {
         self.rate_limiter.reset_count();
         for peer in self.slots.iter_mut().flatten() {
             match peer.tunn.update_timers(scratch) {
@@ -331,23 +501,20 @@ impl Mesh {
                 TunnResult::Err(WireGuardError::ConnectionExpired) => {}
                 _ => {}
             }
-            let alive = peer
-                .tunn
-                .time_since_last_handshake()
-                .is_some_and(|t| t < SESSION_ALIVE);
+            let alive = peer.path(now) == Path::Direct;
             if alive != peer.up {
                 peer.up = alive;
                 let ep = peer.endpoint.map(|e| e.to_string()).unwrap_or_default();
                 if alive {
                     info!(peer = %peer.info.name, mesh_ip = %peer.info.mesh_ip, endpoint = %ep, "peer up (direct)");
                 } else {
-                    info!(peer = %peer.info.name, "peer down (no session)");
+                    info!(peer = %peer.info.name, "peer down (no working path)");
                 }
             }
         }
     }
 
-    pub fn peers(&self) -> Vec<PeerView> {
+    pub fn peers(&self, now: Instant) -> Vec<PeerView> {
         let mut views: Vec<PeerView> = self
             .slots
             .iter()
@@ -356,7 +523,7 @@ impl Mesh {
                 let (last, tx, rx, _, _) = p.tunn.stats();
                 PeerView {
                     info: p.info.clone(),
-                    path: if p.up { Path::Direct } else { Path::Connecting },
+                    path: p.path(now),
                     endpoint: p.endpoint,
                     last_handshake: last,
                     rx_bytes: rx as u64,

@@ -35,14 +35,17 @@ fn host(i: u8) -> Host {
     let public = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
     let addr = SocketAddr::from(([203, 0, 113, i], 41641));
     Host {
-        mesh: Mesh::new(secret, Instant::now()),
+        mesh: Mesh::new(secret, 25, Instant::now()),
         io: Recorder::default(),
         addr,
         info: PeerInfo {
             name: format!("h{i}"),
             public_key: public,
             mesh_ip: Ipv4Addr::new(100, 64, 0, i),
-            endpoints: vec![addr],
+            candidates: lanmesh_proto::messages::Candidates {
+                public: Some(addr),
+                local: vec![],
+            },
             online: true,
         },
     }
@@ -85,13 +88,21 @@ fn pump(hosts: &mut [&mut Host]) {
 
 fn connect(a: &mut Host, b: &mut Host) {
     let mut scratch = vec![0u8; SCRATCH_LEN];
-    a.mesh
-        .apply_peer_map(vec![b.info.clone()], &mut scratch, &mut a.io);
-    b.mesh
-        .apply_peer_map(vec![a.info.clone()], &mut scratch, &mut b.io);
+    a.mesh.apply_peer_map(
+        Instant::now(),
+        vec![b.info.clone()],
+        &mut scratch,
+        &mut a.io,
+    );
+    b.mesh.apply_peer_map(
+        Instant::now(),
+        vec![a.info.clone()],
+        &mut scratch,
+        &mut b.io,
+    );
     pump(&mut [a, b]);
-    a.mesh.tick(&mut scratch, &mut a.io);
-    b.mesh.tick(&mut scratch, &mut b.io);
+    a.mesh.tick(Instant::now(), &mut scratch, &mut a.io);
+    b.mesh.tick(Instant::now(), &mut scratch, &mut b.io);
     pump(&mut [a, b]);
 }
 
@@ -105,13 +116,13 @@ fn send_from_tun(h: &mut Host, packet: &[u8]) {
 fn packets_cross_after_the_handshake() {
     let (mut a, mut b) = (host(1), host(2));
     connect(&mut a, &mut b);
-    assert_eq!(a.mesh.peers()[0].path, Path::Direct);
-    assert_eq!(b.mesh.peers()[0].path, Path::Direct);
+    assert_eq!(a.mesh.peers(Instant::now())[0].path, Path::Direct);
+    assert_eq!(b.mesh.peers(Instant::now())[0].path, Path::Direct);
     let packet = ipv4_packet(a.info.mesh_ip, b.info.mesh_ip, b"hello mesh");
     send_from_tun(&mut a, &packet);
     pump(&mut [&mut a, &mut b]);
     assert_eq!(b.io.tun, vec![packet]);
-    let view = &b.mesh.peers()[0];
+    let view = &b.mesh.peers(Instant::now())[0];
     assert!(view.rx_bytes > 0);
 }
 
@@ -131,10 +142,16 @@ fn strangers_get_no_answer() {
     connect(&mut a, &mut b);
     // The stranger knows b, but b does not know the stranger.
     let mut scratch = vec![0u8; SCRATCH_LEN];
-    stranger
-        .mesh
-        .apply_peer_map(vec![b.info.clone()], &mut scratch, &mut stranger.io);
-    assert_eq!(stranger.io.udp.len(), 1, "the stranger sent a handshake");
+    stranger.mesh.apply_peer_map(
+        Instant::now(),
+        vec![b.info.clone()],
+        &mut scratch,
+        &mut stranger.io,
+    );
+    assert!(
+        !stranger.io.udp.is_empty(),
+        "the stranger sent a handshake and probes"
+    );
     pump(&mut [&mut stranger, &mut b]);
     assert!(b.io.udp.is_empty());
     assert!(stranger.io.tun.is_empty());
@@ -184,15 +201,26 @@ fn roaming_follows_authenticated_packets_only() {
         &mut scratch,
         &mut b.io,
     );
-    assert_eq!(b.mesh.peers()[0].endpoint, Some(a.addr));
-    // A genuine packet from the new address does.
-    let packet = ipv4_packet(a.info.mesh_ip, b.info.mesh_ip, b"moved");
+    assert_eq!(b.mesh.peers(Instant::now())[0].endpoint, Some(a.addr));
+    // A genuine packet from a new address while the old one is still live: delivered, but the
+    // path stays (no flapping between two working paths).
+    let packet = ipv4_packet(a.info.mesh_ip, b.info.mesh_ip, b"both live");
     send_from_tun(&mut a, &packet);
     let (_, sealed) = a.io.udp.pop().unwrap();
     b.mesh
         .handle_datagram(Instant::now(), elsewhere, &sealed, &mut scratch, &mut b.io);
     assert_eq!(b.io.tun, vec![packet]);
-    assert_eq!(b.mesh.peers()[0].endpoint, Some(elsewhere));
+    assert_eq!(b.mesh.peers(Instant::now())[0].endpoint, Some(a.addr));
+    // Once the old address has been quiet for a while, genuine packets from the new one move
+    // the path there.
+    let later = Instant::now() + std::time::Duration::from_secs(3);
+    let packet = ipv4_packet(a.info.mesh_ip, b.info.mesh_ip, b"moved");
+    send_from_tun(&mut a, &packet);
+    let (_, sealed) = a.io.udp.pop().unwrap();
+    b.mesh
+        .handle_datagram(later, elsewhere, &sealed, &mut scratch, &mut b.io);
+    assert_eq!(b.io.tun.last(), Some(&packet));
+    assert_eq!(b.mesh.peers(later)[0].endpoint, Some(elsewhere));
 }
 
 #[test]
@@ -200,8 +228,9 @@ fn removed_peers_stop_receiving() {
     let (mut a, mut b) = (host(1), host(2));
     connect(&mut a, &mut b);
     let mut scratch = vec![0u8; SCRATCH_LEN];
-    b.mesh.apply_peer_map(vec![], &mut scratch, &mut b.io);
-    assert!(b.mesh.peers().is_empty());
+    b.mesh
+        .apply_peer_map(Instant::now(), vec![], &mut scratch, &mut b.io);
+    assert!(b.mesh.peers(Instant::now()).is_empty());
     let packet = ipv4_packet(a.info.mesh_ip, b.info.mesh_ip, b"bye");
     send_from_tun(&mut a, &packet);
     pump(&mut [&mut a, &mut b]);

@@ -293,6 +293,7 @@ mod tests {
             session: 42,
             name: "a".into(),
             join: None,
+            local_endpoints: vec![],
         }
     }
 

@@ -14,10 +14,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 /// stays under 1280 bytes, which crosses any IPv4 or IPv6 path unfragmented.
 pub const MAX_PLAINTEXT: usize = 1200;
 /// Plaintext size of a node's Hello, padded so the Welcome answer can never be larger.
-pub const HELLO_PLAINTEXT: usize = 256;
+pub const HELLO_PLAINTEXT: usize = 320;
 /// Longest node name (one DNS label).
 pub const MAX_NAME_LEN: usize = 63;
-/// Most endpoints the coordinator lists for one peer.
+/// Most local (interface) endpoints a node reports and the coordinator passes on.
 pub const MAX_ENDPOINTS: usize = 8;
 /// Budget for the peers in one page, leaving room for the page's own fields.
 pub const PAGE_BUDGET: usize = MAX_PLAINTEXT - 64;
@@ -40,6 +40,8 @@ pub struct Hello {
     pub session: u32,
     pub name: String,
     pub join: Option<JoinSecret>,
+    /// The node's interface addresses with its port: how peers on the same LAN reach it.
+    pub local_endpoints: Vec<SocketAddr>,
 }
 
 /// Why the coordinator turned a node away.
@@ -82,14 +84,25 @@ pub enum Welcome {
 /// What a node tells the coordinator on an established session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToCoordinator {
-    /// "I am alive; this is the peer map version I hold."
-    Heartbeat { map_version: u64 },
+    /// "I am alive; this is the peer map version I hold, and these are my interface
+    /// endpoints now."
+    Heartbeat {
+        map_version: u64,
+        local_endpoints: Vec<SocketAddr>,
+    },
     /// Asks for the page of the peer map starting at `offset`. The sender pads it with zeros to
     /// [`MAX_PLAINTEXT`] bytes, so the page it earns is never larger than the request.
     GetPeers { map_version: u64, offset: u32 },
+    /// "I have traffic for `peer` and no working path": the coordinator tells both sides to
+    /// probe each other at once. Padded by the sender to [`PUNCH_REQUEST_LEN`] bytes, so the
+    /// answer is never larger.
+    Punch { peer: PublicKey },
     /// The node is going down.
     Goodbye,
 }
+
+/// Plaintext size of a padded punch request (a [`ToNode::Punch`] fits in it).
+pub const PUNCH_REQUEST_LEN: usize = 256;
 
 /// What the coordinator tells a node on an established session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,8 +121,28 @@ pub enum ToNode {
         total: u32,
         peers: Vec<PeerInfo>,
     },
+    /// Probe `peer` at these candidates now (it is probing you at the same time).
+    Punch {
+        peer: PublicKey,
+        candidates: Candidates,
+    },
     /// The node was removed by an admin; its session ends.
     Removed,
+}
+
+/// Where a node may be reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidates {
+    /// Its public (server-reflexive) endpoint: where the coordinator sees its packets come from.
+    pub public: Option<SocketAddr>,
+    /// Its interface addresses with its port, for peers on the same LAN.
+    pub local: Vec<SocketAddr>,
+}
+
+impl Candidates {
+    fn within_limits(&self) -> bool {
+        self.local.len() <= MAX_ENDPOINTS
+    }
 }
 
 /// One peer as the coordinator describes it.
@@ -118,8 +151,8 @@ pub struct PeerInfo {
     pub name: String,
     pub public_key: PublicKey,
     pub mesh_ip: Ipv4Addr,
-    /// Where the peer can be reached, best first.
-    pub endpoints: Vec<SocketAddr>,
+    /// Where the peer can be reached.
+    pub candidates: Candidates,
     /// Whether the coordinator has heard from the peer recently.
     pub online: bool,
 }
@@ -158,7 +191,7 @@ fn name_ok(name: &str) -> bool {
 
 impl Checked for Hello {
     fn within_limits(&self) -> bool {
-        name_ok(&self.name)
+        name_ok(&self.name) && self.local_endpoints.len() <= MAX_ENDPOINTS
     }
 }
 
@@ -173,7 +206,12 @@ impl Checked for Welcome {
 
 impl Checked for ToCoordinator {
     fn within_limits(&self) -> bool {
-        true
+        match self {
+            ToCoordinator::Heartbeat {
+                local_endpoints, ..
+            } => local_endpoints.len() <= MAX_ENDPOINTS,
+            _ => true,
+        }
     }
 }
 
@@ -182,7 +220,8 @@ impl Checked for ToNode {
         match self {
             ToNode::PeerPage { peers, .. } => peers
                 .iter()
-                .all(|p| name_ok(&p.name) && p.endpoints.len() <= MAX_ENDPOINTS),
+                .all(|p| name_ok(&p.name) && p.candidates.within_limits()),
+            ToNode::Punch { candidates, .. } => candidates.within_limits(),
             _ => true,
         }
     }
@@ -202,7 +241,10 @@ mod tests {
             name: format!("node-{i}"),
             public_key: PublicKey([i; 32]),
             mesh_ip: Ipv4Addr::new(100, 64, 0, i),
-            endpoints: vec!["203.0.113.7:41641".parse().unwrap()],
+            candidates: Candidates {
+                public: Some("203.0.113.7:41641".parse().unwrap()),
+                local: vec!["10.0.0.7:41641".parse().unwrap()],
+            },
             online: i.is_multiple_of(2),
         }
     }
@@ -218,6 +260,7 @@ mod tests {
                 id: [1; 8],
                 secret: [2; 16],
             }),
+            local_endpoints: vec!["10.1.0.2:41641".parse().unwrap(); MAX_ENDPOINTS],
         };
         let n = encode(&hello, &mut buf, HELLO_PLAINTEXT).unwrap();
         assert_eq!(n, HELLO_PLAINTEXT);
@@ -242,6 +285,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_hello_fits_its_padding_and_a_punch_its_request() {
+        let mut buf = [0u8; MAX_PLAINTEXT];
+        let hello = Hello {
+            timestamp: u64::MAX,
+            session: u32::MAX,
+            name: "x".repeat(MAX_NAME_LEN),
+            join: Some(JoinSecret {
+                id: [0xff; 8],
+                secret: [0xff; 16],
+            }),
+            local_endpoints: vec!["[2001:db8::1]:65535".parse().unwrap(); MAX_ENDPOINTS],
+        };
+        assert!(encode(&hello, &mut buf, 0).unwrap() <= HELLO_PLAINTEXT);
+        let punch = ToNode::Punch {
+            peer: PublicKey([0xff; 32]),
+            candidates: Candidates {
+                public: Some("[2001:db8::1]:65535".parse().unwrap()),
+                local: vec!["[2001:db8::1]:65535".parse().unwrap(); MAX_ENDPOINTS],
+            },
+        };
+        assert!(encode(&punch, &mut buf, 0).unwrap() <= PUNCH_REQUEST_LEN);
+    }
+
+    #[test]
     fn rejects_garbage_and_broken_limits() {
         assert_eq!(decode::<ToNode>(&[]), Err(DecodeError::Malformed));
         assert_eq!(decode::<ToNode>(&[0xff; 40]), Err(DecodeError::Malformed));
@@ -255,6 +322,7 @@ mod tests {
             session: 1,
             name: "x".repeat(MAX_NAME_LEN + 1),
             join: None,
+            local_endpoints: vec![],
         };
         let n = encode(&long, &mut buf, 0).unwrap();
         assert_eq!(decode::<Hello>(&buf[..n]), Err(DecodeError::TooLarge));
