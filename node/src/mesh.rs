@@ -359,10 +359,15 @@ impl Mesh {
         };
         if authenticated {
             // Roaming: follow the peer to wherever its authenticated packets come from.
-            if let Some(moved) = peer.paths.on_authenticated_rx(now, src) {
-                if peer.endpoint != Some(moved) {
-                    info!(peer = %peer.info.name, endpoint = %moved, "peer endpoint changed");
-                    peer.endpoint = Some(moved);
+            if let Some(won) = peer.paths.on_authenticated_rx(now, src) {
+                if peer.endpoint != Some(won.path.addr) {
+                    info!(
+                        peer = %peer.info.name,
+                        "direct path: WireGuard from {src} ({}), after {} ms",
+                        kind_name(won.path.kind),
+                        won.after.as_millis()
+                    );
+                    peer.endpoint = Some(won.path.addr);
                 }
             }
         }
@@ -401,11 +406,7 @@ impl Mesh {
                 let Some(won) = peer.paths.on_pong(now, src, tx) else {
                     return;
                 };
-                let kind = match won.path.kind {
-                    CandidateKind::Local => "lan",
-                    CandidateKind::Public => "public",
-                    CandidateKind::PeerReflexive => "peer-reflexive",
-                };
+                let kind = kind_name(won.path.kind);
                 info!(
                     peer = %peer.info.name,
                     "direct path: {observed} (us, as the peer sees us) <-> {src} ({kind}), won after {} ms, rtt {:.1} ms",
@@ -533,6 +534,14 @@ impl Mesh {
             .collect();
         views.sort_by_key(|v| v.info.mesh_ip);
         views
+    }
+}
+
+fn kind_name(kind: CandidateKind) -> &'static str {
+    match kind {
+        CandidateKind::Local => "lan",
+        CandidateKind::Public => "public",
+        CandidateKind::PeerReflexive => "peer-reflexive",
     }
 }
 

@@ -319,8 +319,8 @@ impl PathFinder {
     }
 
     /// An authenticated WireGuard packet came from `src`. The path follows a peer that moved,
-    /// once its old address has gone quiet; returns the new address when it does.
-    pub fn on_authenticated_rx(&mut self, now: Instant, src: SocketAddr) -> Option<SocketAddr> {
+    /// once its old address has gone quiet; returns the new path when it does.
+    pub fn on_authenticated_rx(&mut self, now: Instant, src: SocketAddr) -> Option<Won> {
         self.last_rx = Some(now);
         let rtt = match self.best {
             Some(b) if b.addr == src => {
@@ -339,14 +339,18 @@ impl PathFinder {
             None => Duration::ZERO,
         };
         let kind = self.kind_of(src).unwrap_or(CandidateKind::PeerReflexive);
-        self.best = Some(Confirmed {
+        let path = Confirmed {
             addr: src,
             kind,
             rtt,
-        });
+        };
+        let after = self
+            .punch
+            .map_or(Duration::ZERO, |p| now.saturating_duration_since(p.started));
+        self.best = Some(path);
         self.last_rx_from_best = Some(now);
         self.punch = None;
-        Some(src)
+        Some(Won { path, after })
     }
 
     /// Our own network changed (our public endpoint moved): confirmed paths may be gone.
@@ -521,19 +525,12 @@ mod tests {
         let mut f = finder();
         let old = addr("198.51.100.2:41641");
         let new = addr("198.51.100.2:50000");
-        assert_eq!(f.on_authenticated_rx(t0, old), Some(old));
-        assert_eq!(
-            f.on_authenticated_rx(t0 + Duration::from_secs(1), new),
-            None
-        );
-        assert_eq!(
-            f.on_authenticated_rx(t0 + Duration::from_millis(1500), old),
-            None
-        );
-        assert_eq!(
-            f.on_authenticated_rx(t0 + Duration::from_millis(3600), new),
-            Some(new)
-        );
+        let mut moved =
+            |at: Duration, src| f.on_authenticated_rx(t0 + at, src).map(|w| w.path.addr);
+        assert_eq!(moved(Duration::ZERO, old), Some(old));
+        assert_eq!(moved(Duration::from_secs(1), new), None);
+        assert_eq!(moved(Duration::from_millis(1500), old), None);
+        assert_eq!(moved(Duration::from_millis(3600), new), Some(new));
         assert_eq!(f.best().unwrap().addr, new);
     }
 

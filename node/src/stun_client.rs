@@ -135,12 +135,13 @@ mod tests {
         let mut sent = Vec::new();
         c.handle_timeout(t0, &mut |dst, d| sent.push((dst, d.to_vec())));
         assert_eq!(sent.len(), 2);
+        let to = |server| &sent.iter().find(|(dst, _)| *dst == server).unwrap().1;
         assert_eq!(c.mapping_varies(None), None);
-        c.handle_datagram(s1, &answer(&sent[0].1, "198.51.100.1:1000"));
+        c.handle_datagram(s1, &answer(to(s1), "198.51.100.1:1000"));
         // An answer from the wrong server, or to nothing we asked, is ignored.
-        c.handle_datagram(s1, &answer(&sent[1].1, "198.51.100.1:9999"));
+        c.handle_datagram(s1, &answer(to(s2), "198.51.100.1:9999"));
         assert_eq!(c.mapping_varies(None), None);
-        c.handle_datagram(s2, &answer(&sent[1].1, "198.51.100.1:2000"));
+        c.handle_datagram(s2, &answer(to(s2), "198.51.100.1:2000"));
         assert_eq!(c.mapping_varies(None), Some(true));
         assert_eq!(
             c.mapping_varies(Some("198.51.100.1:1000".parse().unwrap())),
