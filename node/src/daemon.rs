@@ -322,7 +322,8 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     });
                 }
                 Event::PeerMap(peers) => {
-                    mesh.apply_peer_map(Instant::now(), peers, &mut scratch, &mut io)
+                    let joined = mesh.apply_peer_map(Instant::now(), peers, &mut scratch, &mut io);
+                    punch_requests.extend(joined);
                 }
                 Event::Punch { peer, candidates } => {
                     mesh.punch(Instant::now(), &peer, &candidates, &mut scratch, &mut io)

@@ -140,14 +140,15 @@ impl Mesh {
         }
     }
 
-    /// Brings the peer set in line with the coordinator's map.
+    /// Brings the peer set in line with the coordinator's map. Returns the peers that joined
+    /// online: the coordinator should have both sides of each punch at once.
     pub fn apply_peer_map(
         &mut self,
         now: Instant,
         peers: Vec<PeerInfo>,
         scratch: &mut [u8],
         io: &mut impl Io,
-    ) {
+    ) -> Vec<PublicKey> {
         let wanted: HashMap<PublicKey, PeerInfo> =
             peers.into_iter().map(|p| (p.public_key, p)).collect();
         let gone: Vec<PublicKey> = self
@@ -159,12 +160,19 @@ impl Mesh {
         for key in gone {
             self.remove(&key);
         }
+        let mut joined = Vec::new();
         for (key, info) in wanted {
             match self.by_key.get(&key) {
                 Some(&slot) => self.update(now, slot, info),
-                None => self.add(now, info, scratch, io),
+                None => {
+                    if info.online {
+                        joined.push(key);
+                    }
+                    self.add(now, info, scratch, io);
+                }
             }
         }
+        joined
     }
 
     fn add(&mut self, now: Instant, info: PeerInfo, scratch: &mut [u8], io: &mut impl Io) {

@@ -231,6 +231,7 @@ fn removed_peers_stop_receiving() {
     b.mesh
         .apply_peer_map(Instant::now(), vec![], &mut scratch, &mut b.io);
     assert!(b.mesh.peers(Instant::now()).is_empty());
+    assert!(b.mesh.peers(Instant::now()).is_empty());
     let packet = ipv4_packet(a.info.mesh_ip, b.info.mesh_ip, b"bye");
     send_from_tun(&mut a, &packet);
     pump(&mut [&mut a, &mut b]);
