@@ -102,7 +102,7 @@ async fn serve(
     print_banner(&dd, listen, network, open, fresh_key.as_ref());
 
     // A node that heartbeats at a quarter of the offline timeout misses three beats first.
-    let heartbeat_secs = (offline_after / 4).clamp(1, 15) as u16;
+    let heartbeat_secs = (offline_after / 4).clamp(1, 10) as u16;
     let registry = Registry::new(network, offline_after * 1000);
     let settings = Settings {
         open,

@@ -149,14 +149,28 @@ impl ControlClient {
         c
     }
 
+    /// Starts over with the first contact (for a client made before its local endpoints were
+    /// known, so the first Hello carries them).
+    pub fn start(&mut self, now: Instant) {
+        self.outbox.clear();
+        self.restart(now);
+    }
+
     pub fn coordinator_addr(&self) -> SocketAddr {
         self.coordinator_addr
     }
 
-    /// This node's interface endpoints, reported with the next Hello or heartbeat.
-    pub fn set_local_endpoints(&mut self, mut endpoints: Vec<SocketAddr>) {
+    /// This node's interface endpoints, reported with the next Hello, or at once by a
+    /// heartbeat when they changed while connected.
+    pub fn set_local_endpoints(&mut self, now: Instant, mut endpoints: Vec<SocketAddr>) {
         endpoints.truncate(MAX_ENDPOINTS);
+        if endpoints == self.local_endpoints {
+            return;
+        }
         self.local_endpoints = endpoints;
+        if let State::Connected(c) = &mut self.state {
+            c.next_heartbeat = now;
+        }
     }
 
     /// Where the coordinator last saw this node.

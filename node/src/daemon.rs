@@ -245,12 +245,18 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         rand::random(),
     );
     let port = udp.local_addr()?.port();
-    control.set_local_endpoints(local_endpoints(port, &opts.interface));
+    control.set_local_endpoints(epoch, local_endpoints(port, &opts.interface));
+    control.start(epoch);
     let mut mesh = Mesh::new(secret, opts.keepalive_secs, epoch);
     let mut stun_servers = Vec::new();
     for server in &opts.stun {
         match tokio::net::lookup_host(coordinator_target(server)).await {
             Ok(mut addrs) => match addrs.find(SocketAddr::is_ipv4) {
+                // The coordinator sees this socket through the same mapping anyway: asking it
+                // again proves nothing about how the mapping varies.
+                Some(a) if a == coordinator => {
+                    info!("STUN server {server} is the coordinator; it is asked anyway")
+                }
                 Some(a) => stun_servers.push(a),
                 None => warn!("STUN server {server} has no IPv4 address; not using it"),
             },
@@ -411,7 +417,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 mesh.handle_timeout(now, &mut scratch, &mut io, &mut |k| punch_requests.push(k));
                 if now >= next_local_scan {
                     next_local_scan = now + LOCAL_ENDPOINTS_INTERVAL;
-                    control.set_local_endpoints(local_endpoints(port, &opts.interface));
+                    control.set_local_endpoints(now, local_endpoints(port, &opts.interface));
                 }
             }
             Some((request, reply)) = api_rx.recv() => match request {

@@ -221,7 +221,7 @@ impl Mesh {
             up: false,
         });
         if online {
-            self.initiate(slot, scratch, io);
+            self.initiate(slot, false, scratch, io);
             self.handle_timeout(now, scratch, io, &mut |_| {});
         }
     }
@@ -261,14 +261,14 @@ impl Mesh {
     }
 
     /// Starts a handshake with the peer in `slot` (if it has an endpoint).
-    fn initiate(&mut self, slot: usize, scratch: &mut [u8], io: &mut impl Io) {
+    fn initiate(&mut self, slot: usize, force: bool, scratch: &mut [u8], io: &mut impl Io) {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
         let Some(endpoint) = peer.endpoint else {
             return;
         };
-        if let TunnResult::WriteToNetwork(b) = peer.tunn.format_handshake_initiation(scratch, false)
+        if let TunnResult::WriteToNetwork(b) = peer.tunn.format_handshake_initiation(scratch, force)
         {
             io.send_udp(endpoint, b);
         }
@@ -423,7 +423,9 @@ impl Mesh {
                 );
                 peer.endpoint = Some(src);
                 if !peer.session_alive() {
-                    self.initiate(slot, scratch, io);
+                    // A handshake may be stuck on a dead address: start one on this path now
+                    // rather than after WireGuard's 5 s retry.
+                    self.initiate(slot, true, scratch, io);
                 }
             }
         }

@@ -4,11 +4,20 @@
 //!
 //! ```text
 //!                 switch namespace (bridge br0) = "the internet", 203.0.113.0/24
-//!        ┌──────────────┬──────────────┬───────────────┐
-//!   coordinator       node a         node b        NAT router (WAN 203.0.113.x)
-//!   203.0.113.10   203.0.113.11   203.0.113.12        │ LAN bridge 10.N.0.1/24
-//!                                                  host 10.N.0.x
+//!        ┌──────────────┬──────────────┬───────────────┬─────────────────────────┐
+//!   coordinator       node a         node b        NAT router                carrier NAT router
+//!   203.0.113.10   203.0.113.11   203.0.113.12   (WAN 203.0.113.x)         (WAN 203.0.113.y)
+//!                                                    │ LAN 10.N.0.1/24          │ LAN 100.64.M.1/24
+//!                                                  host 10.N.0.x            home router 100.64.M.200
+//!                                                                             │ LAN 10.K.0.1/24
+//!                                                                           host 10.K.0.x
 //! ```
+//!
+//! NAT routers come in the four classic kinds of [`Nat`] (full cone, address-restricted,
+//! port-restricted, symmetric), none of them hairpins, and they can be chained (double NAT,
+//! [`Lab::add_router_behind`]), changed at runtime ([`Lab::set_nat`]) and made to forget
+//! their mappings ([`Lab::conntrack_flush`]). The [`udp`] module probes what a router does;
+//! `tests/tests/nat_lab.rs` proves every kind behaves as documented.
 //!
 //! Every namespace is created by the lab and named `lm-<tag>-<pid>-<counter>-<role>`; all
 //! veth pairs are created inside those namespaces, so nothing is ever added to (or connected
@@ -17,11 +26,12 @@
 //! every process log, so CI output shows why a test failed.
 //!
 //! The [`mesh`] module has helpers that drive lanmesh's `coordinator` and `node` binaries
-//! inside a lab.
+//! inside a lab; [`transfer`] moves checksummed bytes over TCP with `lanmesh-testkit`.
 
 pub mod mesh;
+pub mod udp;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt::Display;
 use std::fs;
@@ -243,6 +253,78 @@ fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<
     })
 }
 
+// ---------------------------------------------------------------------------------------
+// TCP transfers with lanmesh-testkit
+// ---------------------------------------------------------------------------------------
+
+/// The `<bytes> <sha256hex>` line printed by lanmesh-testkit.
+pub fn transfer_result(text: &str) -> Option<(u64, String)> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        let bytes = it.next()?.parse().ok()?;
+        let hash = it.next()?;
+        (hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()) && it.next().is_none())
+            .then(|| (bytes, hash.to_string()))
+    })
+}
+
+/// Sends `bytes` from namespace `from_ns` to `to_ip:port` in `to_ns` with lanmesh-testkit
+/// and checks that both ends saw the same bytes (panics otherwise). Returns the log of the
+/// receiver.
+pub fn transfer(
+    lab: &Lab,
+    from_ns: &str,
+    to_ns: &str,
+    to_ip: &str,
+    port: u16,
+    bytes: u64,
+) -> String {
+    let tk = testkit();
+    let addr = format!("{to_ip}:{port}");
+    let recv = lab.spawn(to_ns, &tk, ["recv", "--listen", &addr], "testkit-recv");
+    wait_until(Duration::from_secs(10), "testkit recv to listen", || {
+        lab.listening(to_ns, port)
+    });
+    let start = Instant::now();
+    let send = lab.exec_timeout(
+        from_ns,
+        &tk,
+        [
+            "send",
+            "--to",
+            &addr,
+            "--bytes",
+            &bytes.to_string(),
+            "--seed",
+            "42",
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(
+        send.status.success(),
+        "testkit send to {addr} failed ({}): {}",
+        send.status,
+        stderr(&send)
+    );
+    let status = lab
+        .wait_exit(&recv, Duration::from_secs(30))
+        .expect("testkit recv did not finish");
+    let recv_log = lab.log(&recv);
+    assert!(
+        status.success(),
+        "testkit recv failed ({status}): {recv_log}"
+    );
+    let sent = transfer_result(&stdout(&send)).expect("send printed no result");
+    let got = transfer_result(&recv_log).expect("recv printed no result");
+    assert_eq!(sent.0, bytes, "sender sent a different amount");
+    assert_eq!(got, sent, "received bytes differ from the sent bytes");
+    eprintln!(
+        "transferred {bytes} bytes to {addr} in {:.2}s",
+        start.elapsed().as_secs_f64()
+    );
+    recv_log
+}
+
 /// Runs a command that must succeed; panics with its output otherwise.
 fn must<I, S>(program: &str, args: I)
 where
@@ -289,34 +371,201 @@ pub struct Host {
     pub router: Option<String>,
 }
 
-/// What kind of NAT a [`Router`] does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What kind of NAT a [`Router`] does, in the terms of RFC 4787 ("mapping" = which external
+/// port an inside socket gets, "filtering" = which inbound packets reach it).
+///
+/// Every kind is emulated with nftables in the router's namespace (table `ip lanmesh_lab`,
+/// see [`nat_ruleset`]) plus the kernel's connection tracking, and every kind shares:
+///
+/// - outbound UDP leaves the WAN interface `eth0` through `masquerade`, which maps an inside
+///   socket to the same port on the WAN address while that port is free;
+/// - the forward chain drops everything from the WAN that is not a reply (conntrack state
+///   `established`) or explicitly let in by the kind's own rule (`ct status dnat`);
+/// - the router's own input chain silently *drops* unsolicited WAN packets. This matters:
+///   an accepted (or ICMP-rejected) packet from a peer would leave a confirmed conntrack
+///   entry `peer -> wan:P`, and when the inside host then sends to that peer from port P,
+///   masquerade would see the tuple taken and pick another port. Real cone NATs keep their
+///   mapping when a peer's packet arrives first, which is exactly what hole punching needs;
+///   a dropped packet leaves no conntrack entry behind, so the lab behaves like them.
+/// - no hairpinning: the kinds' inbound rules match only packets arriving on `eth0`, so a
+///   LAN host sending to the router's WAN address just hits the (dropping) input chain.
+///
+/// The lab tests in `tests/tests/nat_lab.rs` check every kind's mapping and filtering with
+/// `lanmesh-testkit udp-echo`/`udp-probe`, independently of lanmesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Nat {
-    /// nftables `masquerade`: one mapping per inside socket that keeps the source port when
-    /// it can; only replies from where the inside host sent to get in (port-restricted cone).
+    /// Full cone: endpoint-independent mapping *and* filtering. Once an inside socket has
+    /// sent anything out, any host on the internet may send to its mapped `wan:P`.
+    ///
+    /// Emulation: masquerade, plus a dynamic nftables map `fullcone` from mapped port to the
+    /// inside `host . port`, filled (and refreshed) by every UDP packet leaving `eth0` in a
+    /// filter chain hooked *after* source NAT (so it sees the mapped port; the inside address
+    /// and port come from the conntrack entry). A prerouting rule DNATs inbound UDP on `eth0`
+    /// whose destination port is in the map to that inside `host . port`. Entries expire
+    /// [`Lab::set_udp_timeout`] seconds (default 30) after the last outbound packet.
+    FullCone,
+    /// Address-restricted cone: endpoint-independent mapping, address-dependent filtering.
+    /// Inbound UDP to `wan:P` gets in from *any port* of an IP address the inside socket has
+    /// sent to.
+    ///
+    /// Emulation: as [`Nat::FullCone`], but the map `addrrestricted` is keyed by
+    /// `remote IP . mapped port`, so the prerouting DNAT only matches packets from an address
+    /// the inside socket has contacted.
+    AddressRestricted,
+    /// Port-restricted cone: endpoint-independent mapping, address-and-port-dependent
+    /// filtering: only packets from exactly the `ip:port` the inside socket sent to get in.
+    ///
+    /// Emulation: the plain nftables `masquerade` (it keeps the source port while it can);
+    /// conntrack lets in only replies to an existing flow.
     PortRestricted,
-    /// nftables `masquerade random`: a new random port for every destination (symmetric).
+    /// Symmetric: address-and-port-dependent mapping (a new random external port for every
+    /// new destination `ip:port`) and filtering.
+    ///
+    /// Emulation: `masquerade random,fully-random`: every new conntrack flow gets a random
+    /// port; conntrack lets in only replies.
     Symmetric,
 }
 
-/// A NAT router: WAN `eth0` on the lab switch, LAN bridge `br0` with `10.N.0.1/24`.
+impl Nat {
+    /// Every kind, from the most to the least permissive.
+    pub const ALL: [Nat; 4] = [
+        Nat::FullCone,
+        Nat::AddressRestricted,
+        Nat::PortRestricted,
+        Nat::Symmetric,
+    ];
+
+    /// A short lowercase name: `full`, `addr`, `port`, `sym`.
+    pub fn short(self) -> &'static str {
+        match self {
+            Nat::FullCone => "full",
+            Nat::AddressRestricted => "addr",
+            Nat::PortRestricted => "port",
+            Nat::Symmetric => "sym",
+        }
+    }
+
+    /// Whether the same inside socket keeps one external port for every destination.
+    pub fn endpoint_independent_mapping(self) -> bool {
+        self != Nat::Symmetric
+    }
+
+    /// Whether two hosts, one behind `a` and one behind `b`, can in principle open a direct
+    /// UDP path by hole punching (both learn their mapped address from a STUN server and
+    /// send to each other): every pair except a port-restricted or symmetric NAT facing a
+    /// symmetric one, where the side that must let the other in cannot guess its new port.
+    pub fn punchable(a: Nat, b: Nat) -> bool {
+        let hard = |n: Nat| matches!(n, Nat::PortRestricted | Nat::Symmetric);
+        !((a == Nat::Symmetric && hard(b)) || (b == Nat::Symmetric && hard(a)))
+    }
+}
+
+/// The nftables ruleset of a router of kind `nat`: WAN interface `eth0`, LAN interface
+/// `br0` with network `lan` (e.g. `10.1.0.0/24`); the full cone and address-restricted
+/// mappings expire `map_timeout_secs` after the last outbound packet. It starts with `flush
+/// ruleset`, so loading it replaces whatever the router had, atomically.
+pub fn nat_ruleset(nat: Nat, lan: &str, map_timeout_secs: u32) -> String {
+    let masquerade = match nat {
+        Nat::Symmetric => "masquerade random,fully-random",
+        _ => "masquerade",
+    };
+    // For the cone kinds with endpoint-independent filtering: the map, the rule that fills
+    // it after source NAT, and the DNAT rule that lets inbound packets in.
+    let cone = match nat {
+        Nat::FullCone => Some(("fullcone", "inet_service", "udp sport", "udp dport")),
+        Nat::AddressRestricted => Some((
+            "addrrestricted",
+            "ipv4_addr . inet_service",
+            "ip daddr . udp sport",
+            "ip saddr . udp dport",
+        )),
+        Nat::PortRestricted | Nat::Symmetric => None,
+    };
+    let mut map = String::new();
+    let mut dnat = String::new();
+    let mut record = String::new();
+    let mut forward_dnat = "";
+    if let Some((name, key_type, out_key, in_key)) = cone {
+        map = format!(
+            "  map {name} {{
+    type {key_type} : ipv4_addr . inet_service
+    flags dynamic, timeout
+    timeout {map_timeout_secs}s
+  }}
+"
+        );
+        dnat = format!("    iifname \"eth0\" meta l4proto udp dnat ip to {in_key} map @{name}\n");
+        // After srcnat the packet carries the mapped port; the inside host and port are the
+        // source of the flow's original direction (a flow the inside host started) or of its
+        // reply direction (a flow let in by the DNAT rule above).
+        record = format!(
+            "  chain record {{
+    type filter hook postrouting priority srcnat + 10; policy accept;
+    oifname \"eth0\" meta l4proto udp ct direction original ct original ip saddr {lan} update @{name} {{ {out_key} : ct original ip saddr . ct original proto-src }}
+    oifname \"eth0\" meta l4proto udp ct direction reply ct reply ip saddr {lan} update @{name} {{ {out_key} : ct reply ip saddr . ct reply proto-src }}
+  }}
+"
+        );
+        forward_dnat = "    iifname \"eth0\" ct status dnat accept\n";
+    }
+    format!(
+        "flush ruleset
+table ip lanmesh_lab {{
+{map}  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+{dnat}  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname \"eth0\" {masquerade}
+  }}
+{record}  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+{forward_dnat}    iifname \"br0\" accept
+  }}
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iifname \"lo\" accept
+    ct state established,related accept
+    iifname \"br0\" accept
+    icmp type echo-request accept
+  }}
+}}
+"
+    )
+}
+
+/// A NAT router: WAN `eth0` on the lab switch (or on another router's LAN, see
+/// [`Lab::add_router_behind`]), LAN bridge `br0` with `<a>.<b>.N.1/24` — `10.N.0.1/24` for
+/// an ordinary router, `100.64.N.1/24` for a carrier router ([`Lab::add_carrier_router`]).
+/// N is unique per lab.
 #[derive(Clone, Debug)]
 pub struct Router {
     pub role: String,
     pub ns: String,
-    /// Its address on the switch ("the internet").
+    /// Its WAN address: on the switch ("the internet"), or on the LAN of `upstream`.
     pub wan_ip: Ipv4Addr,
-    /// N in `10.N.0.0/24`.
+    /// N in the LAN `10.N.0.0/24` (or `100.64.N.0/24`); unique per lab.
     pub lan_index: u8,
-    /// `10.N.0.1`, the hosts' default gateway.
+    /// `.1` of the LAN, the hosts' default gateway.
     pub lan_ip: Ipv4Addr,
+    /// The kind of NAT it was created with ([`Lab::set_nat`] changes it later; see
+    /// [`Lab::nat_of`]).
     pub nat: Nat,
+    /// The namespace of the router this one sits behind (double NAT), if any.
+    pub upstream: Option<String>,
 }
 
 impl Router {
-    /// The address `10.N.0.<last>` on this router's LAN.
+    /// The address `<.1 of the LAN with the last byte replaced by last>`, e.g. `10.N.0.<last>`.
     pub fn lan_addr(&self, last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.lan_index, 0, last)
+        let o = self.lan_ip.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], last)
+    }
+
+    /// The LAN network, e.g. `10.3.0.0/24`.
+    pub fn lan_net(&self) -> String {
+        format!("{}/24", self.lan_addr(0))
     }
 }
 
@@ -387,7 +636,22 @@ struct State {
     next_port: u32,
     next_lan: u8,
     log_names: HashSet<String>,
+    /// Per router namespace: its current NAT settings.
+    router_conf: HashMap<String, RouterConf>,
+    /// Per router namespace: the last bytes of the LAN addresses handed out.
+    lan_used: HashMap<String, HashSet<u8>>,
 }
+
+/// What a router's ruleset is made from (changes at runtime).
+#[derive(Clone, Copy, Debug)]
+struct RouterConf {
+    nat: Nat,
+    map_timeout_secs: u32,
+}
+
+/// The default lifetime of an idle full cone / address-restricted mapping, as Linux's
+/// `nf_conntrack_udp_timeout`.
+const DEFAULT_MAP_TIMEOUT_SECS: u32 = 30;
 
 /// A private network of namespaces plus the processes running in it. See the crate docs.
 pub struct Lab {
@@ -526,21 +790,70 @@ impl Lab {
     }
 
     /// Adds a NAT router: WAN `eth0` = `wan_ip`/24 on the switch, LAN bridge `br0` =
-    /// `10.N.0.1/24` (N counts up from 1 per lab), forwarding on, and nftables NAT of kind
-    /// `nat` for traffic leaving through `eth0`. Unsolicited traffic from the WAN is dropped.
+    /// `10.N.0.1/24` (N counts up from 1 per lab), forwarding on, and the nftables NAT of kind
+    /// `nat` (see [`Nat`]) for traffic leaving through `eth0`. Unsolicited traffic from the
+    /// WAN is dropped, and there is no hairpinning.
     pub fn add_router(&self, role: &str, wan_ip: &str, nat: Nat) -> Router {
         let wan_ip: Ipv4Addr = wan_ip
             .parse()
             .unwrap_or_else(|_| panic!("bad IPv4 {wan_ip:?}"));
+        self.new_router(role, None, wan_ip, nat, [10, 0])
+    }
+
+    /// Adds a carrier-grade NAT router: like [`Lab::add_router`], but its LAN is
+    /// `100.64.N.0/24` (inside 100.64.0.0/10, the shared address space of real CGNAT — and
+    /// of the mesh). Put hosts ([`Lab::add_host_behind`]) or home routers
+    /// ([`Lab::add_router_behind`]) on it.
+    pub fn add_carrier_router(&self, role: &str, wan_ip: &str, nat: Nat) -> Router {
+        let wan_ip: Ipv4Addr = wan_ip
+            .parse()
+            .unwrap_or_else(|_| panic!("bad IPv4 {wan_ip:?}"));
+        self.new_router(role, None, wan_ip, nat, [100, 64])
+    }
+
+    /// Adds a router behind `outer` (double NAT): its WAN `eth0` is on `outer`'s LAN, at
+    /// the first free address from `.200` up, with a default route via `outer`; its own LAN
+    /// is `10.N.0.0/24` as for [`Lab::add_router`].
+    pub fn add_router_behind(&self, outer: &Router, role: &str, nat: Nat) -> Router {
+        let last = {
+            let st = self.state();
+            let used = st.lan_used.get(&outer.ns);
+            (200..=254)
+                .find(|l| used.is_none_or(|u| !u.contains(l)))
+                .expect("no free address on the outer router's LAN")
+        };
+        let wan_ip = outer.lan_addr(last);
+        self.new_router(role, Some(outer), wan_ip, nat, [10, 0])
+    }
+
+    /// Creates a router namespace with its WAN on the switch (`upstream` None) or on the
+    /// LAN of `upstream`. `lan` `[10, 0]` gives the LAN `10.N.0.0/24`, `[100, 64]` gives
+    /// `100.64.N.0/24`.
+    fn new_router(
+        &self,
+        role: &str,
+        upstream: Option<&Router>,
+        wan_ip: Ipv4Addr,
+        nat: Nat,
+        lan: [u8; 2],
+    ) -> Router {
         let ns = self.add_namespace(role);
-        self.attach_to_switch(&ns, wan_ip);
+        match upstream {
+            None => self.attach_to_switch(&ns, wan_ip),
+            Some(outer) => self.attach_to_lan(outer, &ns, wan_ip),
+        }
         let lan_index = {
             let mut st = self.state();
             let n = st.next_lan;
             st.next_lan = st.next_lan.checked_add(1).expect("too many routers");
             n
         };
-        let lan_ip = Ipv4Addr::new(10, lan_index, 0, 1);
+        // 10.N.0.1 for a home router, 100.64.N.1 for a carrier router.
+        let lan_ip = if lan[1] == 0 {
+            Ipv4Addr::new(lan[0], lan_index, 0, 1)
+        } else {
+            Ipv4Addr::new(lan[0], lan[1], lan_index, 1)
+        };
         must("ip", ["-n", &ns, "link", "add", "br0", "type", "bridge"]);
         must(
             "ip",
@@ -567,37 +880,6 @@ impl Lab {
                 "net.ipv4.ip_forward=1",
             ],
         );
-        let masquerade = match nat {
-            Nat::PortRestricted => "masquerade",
-            Nat::Symmetric => "masquerade random",
-        };
-        let rules = format!(
-            "table ip lanmesh_lab {{
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname \"eth0\" {masquerade}
-  }}
-  chain forward {{
-    type filter hook forward priority filter; policy drop;
-    ct state established,related accept
-    iifname \"br0\" accept
-  }}
-}}
-"
-        );
-        let file = self.dir.join(format!("nft-{role}.conf"));
-        fs::write(&file, rules).expect("write nft rules");
-        must(
-            "ip",
-            [
-                OsStr::new("netns"),
-                OsStr::new("exec"),
-                OsStr::new(&ns),
-                OsStr::new("nft"),
-                OsStr::new("-f"),
-                file.as_os_str(),
-            ],
-        );
         let router = Router {
             role: role.to_string(),
             ns,
@@ -605,16 +887,160 @@ impl Lab {
             lan_index,
             lan_ip,
             nat,
+            upstream: upstream.map(|o| o.ns.clone()),
         };
-        self.state().routers.push(router.clone());
+        {
+            let mut st = self.state();
+            st.routers.push(router.clone());
+            st.router_conf.insert(
+                router.ns.clone(),
+                RouterConf {
+                    nat,
+                    map_timeout_secs: DEFAULT_MAP_TIMEOUT_SECS,
+                },
+            );
+        }
+        self.load_ruleset(&router);
         router
     }
 
-    /// Adds a host on `router`'s LAN with address `10.N.0.<last>`/24 and a default route via
-    /// the router.
-    pub fn add_host_behind(&self, router: &Router, role: &str, last: u8) -> Host {
-        let ip = router.lan_addr(last);
-        let ns = self.add_namespace(role);
+    /// Writes the router's current ruleset ([`nat_ruleset`]) to the lab dir and loads it.
+    fn load_ruleset(&self, router: &Router) {
+        let conf = self.router_conf(router);
+        let rules = nat_ruleset(conf.nat, &router.lan_net(), conf.map_timeout_secs);
+        let n = {
+            let mut st = self.state();
+            st.next_port += 1;
+            st.next_port
+        };
+        let file = self.dir.join(format!("nft-{}-{n}.conf", router.role));
+        fs::write(&file, rules).expect("write nft rules");
+        must(
+            "ip",
+            [
+                OsStr::new("netns"),
+                OsStr::new("exec"),
+                OsStr::new(&router.ns),
+                OsStr::new("nft"),
+                OsStr::new("-f"),
+                file.as_os_str(),
+            ],
+        );
+    }
+
+    fn router_conf(&self, router: &Router) -> RouterConf {
+        *self
+            .state()
+            .router_conf
+            .get(&router.ns)
+            .unwrap_or_else(|| panic!("router {} does not belong to this lab", router.role))
+    }
+
+    /// The kind of NAT `router` does now (it changes with [`Lab::set_nat`]).
+    pub fn nat_of(&self, router: &Router) -> Nat {
+        self.router_conf(router).nat
+    }
+
+    /// Turns `router` into a NAT of kind `nat` at runtime by replacing its nftables ruleset
+    /// in one transaction. Flows already in its conntrack table keep their mappings (flush
+    /// them with [`Lab::conntrack_flush`] to start over); the full cone / address-restricted
+    /// maps start empty.
+    pub fn set_nat(&self, router: &Router, nat: Nat) {
+        self.state()
+            .router_conf
+            .get_mut(&router.ns)
+            .unwrap_or_else(|| panic!("router {} does not belong to this lab", router.role))
+            .nat = nat;
+        self.load_ruleset(router);
+    }
+
+    /// Lowers (or raises) how long `router` keeps idle UDP mappings: sets the namespace's
+    /// `net.netfilter.nf_conntrack_udp_timeout` and `..._udp_timeout_stream` (Linux
+    /// defaults: 30 s unreplied, 120 s once seen both ways) to `secs`, and the full cone /
+    /// address-restricted map timeout too (reloading the ruleset, which empties those maps:
+    /// call this before traffic starts). Applies to flows created afterwards.
+    pub fn set_udp_timeout(&self, router: &Router, secs: u32) {
+        for key in ["udp_timeout", "udp_timeout_stream"] {
+            must(
+                "ip",
+                [
+                    "netns",
+                    "exec",
+                    &router.ns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    &format!("net.netfilter.nf_conntrack_{key}={secs}"),
+                ],
+            );
+        }
+        self.state()
+            .router_conf
+            .get_mut(&router.ns)
+            .unwrap_or_else(|| panic!("router {} does not belong to this lab", router.role))
+            .map_timeout_secs = secs;
+        self.load_ruleset(router);
+    }
+
+    /// Makes `router` forget every mapping, as a NAT reboot or an expiry would: `conntrack
+    /// -F` in its namespace, and for the full cone / address-restricted kinds also an empty
+    /// mapping map. The next outbound packet of a flow creates a new mapping (for the cone
+    /// kinds usually the same port again, as masquerade keeps a free source port).
+    pub fn conntrack_flush(&self, router: &Router) {
+        let out = self.exec(&router.ns, "conntrack", ["-F"]);
+        assert!(
+            out.status.success(),
+            "conntrack -F in {} failed ({}): {}{}",
+            router.role,
+            out.status,
+            stdout(&out),
+            stderr(&out)
+        );
+        let map = match self.nat_of(router) {
+            Nat::FullCone => "fullcone",
+            Nat::AddressRestricted => "addrrestricted",
+            Nat::PortRestricted | Nat::Symmetric => return,
+        };
+        must(
+            "ip",
+            [
+                "netns",
+                "exec",
+                &router.ns,
+                "nft",
+                "flush",
+                "map",
+                "ip",
+                "lanmesh_lab",
+                map,
+            ],
+        );
+    }
+
+    /// The conntrack entries of `router` (`conntrack -L`, one line each), for assertions
+    /// and debugging.
+    pub fn conntrack_list(&self, router: &Router) -> Vec<String> {
+        let out = self.exec(&router.ns, "conntrack", ["-L"]);
+        stdout(&out)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Plugs `eth0` of namespace `ns` into `router`'s LAN bridge and gives it `ip/24` and a
+    /// default route via the router.
+    fn attach_to_lan(&self, router: &Router, ns: &str, ip: Ipv4Addr) {
+        {
+            let mut st = self.state();
+            let last = ip.octets()[3];
+            let used = st.lan_used.entry(router.ns.clone()).or_default();
+            assert!(
+                last != 0 && last != 1 && last != 255 && used.insert(last),
+                "address {ip} on the LAN of router {} is taken or reserved",
+                router.role
+            );
+        }
         let port = {
             let mut st = self.state();
             st.next_port += 1;
@@ -624,20 +1050,20 @@ impl Lab {
         must(
             "ip",
             [
-                "-n", r, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                "-n", r, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ],
         );
         must("ip", ["-n", r, "link", "set", &port, "master", "br0", "up"]);
         must(
             "ip",
-            ["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+            ["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
         );
-        must("ip", ["-n", &ns, "link", "set", "eth0", "up"]);
+        must("ip", ["-n", ns, "link", "set", "eth0", "up"]);
         must(
             "ip",
             [
                 "-n",
-                &ns,
+                ns,
                 "route",
                 "add",
                 "default",
@@ -645,6 +1071,14 @@ impl Lab {
                 &router.lan_ip.to_string(),
             ],
         );
+    }
+
+    /// Adds a host on `router`'s LAN with address `10.N.0.<last>`/24 (`100.64.N.<last>` on
+    /// a carrier router) and a default route via the router. Panics if the address is taken.
+    pub fn add_host_behind(&self, router: &Router, role: &str, last: u8) -> Host {
+        let ip = router.lan_addr(last);
+        let ns = self.add_namespace(role);
+        self.attach_to_lan(router, &ns, ip);
         let host = Host {
             role: role.to_string(),
             ns,

@@ -3,8 +3,8 @@
 //! They need root (network namespaces, TUN devices); without root they skip, unless `CI`
 //! is set, where they fail. Run them with `./test.sh`.
 
-use lanmesh_e2e::mesh::{Coordinator, Node, Status, MESH_TIMEOUT};
-use lanmesh_e2e::{bin, require_root, run, stderr, stdout, testkit_bin, wait_until, Lab, Nat};
+use lanmesh_e2e::mesh::{assert_ping, Coordinator, Node, Status, MESH_TIMEOUT};
+use lanmesh_e2e::{bin, require_root, run, stderr, stdout, transfer, wait_until, Lab, Nat};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -27,76 +27,6 @@ fn live_namespaces() -> HashSet<String> {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_string)
         .collect()
-}
-
-/// The `<bytes> <sha256hex>` line printed by lanmesh-testkit.
-fn transfer_result(text: &str) -> Option<(u64, String)> {
-    text.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        let bytes = it.next()?.parse().ok()?;
-        let hash = it.next()?;
-        (hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()) && it.next().is_none())
-            .then(|| (bytes, hash.to_string()))
-    })
-}
-
-/// Sends `bytes` from namespace `from_ns` to `to_ip:port` in `to_ns` with lanmesh-testkit
-/// and checks that both ends saw the same bytes. Returns the log of the receiver.
-fn transfer(lab: &Lab, from_ns: &str, to_ns: &str, to_ip: &str, port: u16, bytes: u64) -> String {
-    let tk = testkit_bin!();
-    let addr = format!("{to_ip}:{port}");
-    let recv = lab.spawn(to_ns, &tk, ["recv", "--listen", &addr], "testkit-recv");
-    wait_until(Duration::from_secs(10), "testkit recv to listen", || {
-        lab.listening(to_ns, port)
-    });
-    let start = Instant::now();
-    let send = lab.exec_timeout(
-        from_ns,
-        &tk,
-        [
-            "send",
-            "--to",
-            &addr,
-            "--bytes",
-            &bytes.to_string(),
-            "--seed",
-            "42",
-        ],
-        Duration::from_secs(90),
-    );
-    assert!(
-        send.status.success(),
-        "testkit send to {addr} failed ({}): {}",
-        send.status,
-        stderr(&send)
-    );
-    let status = lab
-        .wait_exit(&recv, Duration::from_secs(30))
-        .expect("testkit recv did not finish");
-    let recv_log = lab.log(&recv);
-    assert!(
-        status.success(),
-        "testkit recv failed ({status}): {recv_log}"
-    );
-    let sent = transfer_result(&stdout(&send)).expect("send printed no result");
-    let got = transfer_result(&recv_log).expect("recv printed no result");
-    assert_eq!(sent.0, bytes, "sender sent a different amount");
-    assert_eq!(got, sent, "received bytes differ from the sent bytes");
-    eprintln!(
-        "transferred {bytes} bytes to {addr} in {:.2}s",
-        start.elapsed().as_secs_f64()
-    );
-    recv_log
-}
-
-/// Polls until `from` gets a ping answer from `to_ip`, then asserts 3 more are answered.
-fn assert_ping(lab: &Lab, from: &Node, to_name: &str, to_ip: &str) {
-    let what = format!("{} to ping {to_name} ({to_ip}) over the mesh", from.name);
-    wait_until(MESH_TIMEOUT, &what, || lab.ping(&from.host.ns, to_ip, 1));
-    assert!(
-        lab.ping(&from.host.ns, to_ip, 3),
-        "{what}: pings lost after the first reply"
-    );
 }
 
 /// Every ordered pair of `nodes` pings by mesh IP.

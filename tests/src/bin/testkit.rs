@@ -1,25 +1,51 @@
-//! `lanmesh-testkit`: a tiny TCP transfer tool for the end-to-end tests.
+//! `lanmesh-testkit`: a tiny TCP transfer tool and UDP NAT probe for the end-to-end tests.
 //!
 //! ```text
 //! lanmesh-testkit recv --listen IP:PORT [--timeout SECS]
 //!     accepts one connection, reads it to EOF, prints `<bytes> <sha256hex>`
 //! lanmesh-testkit send --to IP:PORT --bytes N [--seed S] [--timeout SECS]
 //!     sends N deterministic pseudo-random bytes, prints `<bytes> <sha256hex>`
+//!
+//! lanmesh-testkit udp-echo --listen IP:PORT [--listen IP:PORT]... [--timeout SECS]
+//!     a STUN-like UDP server on every --listen address. It answers
+//!       `probe`          with `seen SRC` (SRC = the sender's address as it arrived),
+//!                        from the socket the request came in on;
+//!       `probe alt`      the same, and `alt SRC` from every *other* --listen socket (another
+//!                        port and/or address of this host: tests NAT filtering);
+//!       `knock IP:PORT`  by sending `knock` to IP:PORT from the socket it came in on
+//!                        (an unsolicited packet from exactly this address).
+//!     Prints one line per request to stdout.
+//! lanmesh-testkit udp-probe --bind IP:PORT --to IP:PORT [--to IP:PORT]... [--alt]
+//!                           [--linger-ms MS] [--timeout SECS]
+//!     from ONE socket, sends `probe` (`probe alt` with --alt) to each --to in turn,
+//!     retrying every 300 ms for up to 2 s, and prints `mapped TO SEEN` (SEEN = the address
+//!     the server saw: the NAT mapping for that destination) or `mapped TO none`. Every other
+//!     datagram that arrives (alt replies, unsolicited packets) is printed as `from SRC TEXT`.
+//!     After the last target it keeps listening --linger-ms (default 1000), then prints `done`.
+//! lanmesh-testkit udp-send --to IP:PORT [--bind IP:PORT] [--count N] [--text TEXT]
+//!     sends N (default 3) datagrams TEXT (default `hello`), 50 ms apart, prints `sent N`.
 //! ```
 //!
-//! Both commands exit with status 2 after the timeout (default 60 s), whatever they are
+//! Every command exits with status 2 after the timeout (default 60 s), whatever it is
 //! doing, so a broken network never hangs a test. Errors go to stderr; stdout carries only
-//! the result line.
+//! results.
 
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::exit;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage:
   lanmesh-testkit recv --listen IP:PORT [--timeout SECS]
-  lanmesh-testkit send --to IP:PORT --bytes N [--seed S] [--timeout SECS]";
+  lanmesh-testkit send --to IP:PORT --bytes N [--seed S] [--timeout SECS]
+  lanmesh-testkit udp-echo --listen IP:PORT [--listen IP:PORT]... [--timeout SECS]
+  lanmesh-testkit udp-probe --bind IP:PORT --to IP:PORT [--to IP:PORT]... [--alt] [--linger-ms MS] [--timeout SECS]
+  lanmesh-testkit udp-send --to IP:PORT [--bind IP:PORT] [--count N] [--text TEXT] [--timeout SECS]";
+
+/// Flags that take no value.
+const SWITCHES: [&str; 1] = ["--alt"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,13 +57,15 @@ fn main() {
     start_watchdog(timeout);
     let deadline = Instant::now() + timeout;
     let result = match cmd.as_str() {
-        "recv" => recv(&opts, deadline),
-        "send" => send(&opts, deadline),
+        "recv" => recv(&opts, deadline).map(|(bytes, hash)| println!("{bytes} {hash}")),
+        "send" => send(&opts, deadline).map(|(bytes, hash)| println!("{bytes} {hash}")),
+        "udp-echo" => udp_echo(&opts),
+        "udp-probe" => udp_probe(&opts),
+        "udp-send" => udp_send(&opts),
         _ => fail(USAGE),
     };
-    match result {
-        Ok((bytes, hash)) => println!("{bytes} {hash}"),
-        Err(e) => fail(&format!("lanmesh-testkit {cmd}: {e:#}")),
+    if let Err(e) = result {
+        fail(&format!("lanmesh-testkit {cmd}: {e:#}"));
     }
 }
 
@@ -67,6 +95,10 @@ impl Opts {
             if !flag.starts_with("--") {
                 fail(&format!("unexpected argument {flag:?}\n{USAGE}"));
             }
+            if SWITCHES.contains(&flag.as_str()) {
+                out.push((flag.clone(), String::new()));
+                continue;
+            }
             let Some(value) = it.next() else {
                 fail(&format!("{flag} needs a value\n{USAGE}"));
             };
@@ -83,6 +115,18 @@ impl Opts {
             .map(|(_, v)| v.as_str())
     }
 
+    fn all(&self, flag: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(f, _)| f == flag)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn has(&self, flag: &str) -> bool {
+        self.0.iter().any(|(f, _)| f == flag)
+    }
+
     fn required(&self, flag: &str) -> &str {
         self.get(flag)
             .unwrap_or_else(|| fail(&format!("missing {flag}\n{USAGE}")))
@@ -96,10 +140,21 @@ impl Opts {
     }
 
     fn addr(&self, flag: &str) -> SocketAddr {
-        let v = self.required(flag);
-        v.parse()
-            .unwrap_or_else(|_| fail(&format!("{flag}: not an IP:PORT: {v:?}")))
+        parse_addr(flag, self.required(flag))
     }
+
+    fn addrs(&self, flag: &str) -> Vec<SocketAddr> {
+        let all = self.all(flag);
+        if all.is_empty() {
+            fail(&format!("missing {flag}\n{USAGE}"));
+        }
+        all.into_iter().map(|v| parse_addr(flag, v)).collect()
+    }
+}
+
+fn parse_addr(flag: &str, v: &str) -> SocketAddr {
+    v.parse()
+        .unwrap_or_else(|_| fail(&format!("{flag}: not an IP:PORT: {v:?}")))
 }
 
 fn left(deadline: Instant) -> Duration {
@@ -172,6 +227,141 @@ fn send(opts: &Opts, deadline: Instant) -> anyhow::Result<(u64, String)> {
     let mut sink = [0u8; 1024];
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
     Ok((sent, hex(&hasher.finalize())))
+}
+
+// ---------------------------------------------------------------------------------------
+// UDP: NAT mapping and filtering probes
+// ---------------------------------------------------------------------------------------
+
+/// `udp-echo`: one thread per --listen socket; runs until the watchdog ends the process.
+fn udp_echo(opts: &Opts) -> anyhow::Result<()> {
+    let mut sockets = Vec::new();
+    for addr in opts.addrs("--listen") {
+        let s = UdpSocket::bind(addr).map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
+        sockets.push(s);
+    }
+    let sockets = Arc::new(sockets);
+    let mut threads = Vec::new();
+    for i in 0..sockets.len() {
+        let sockets = Arc::clone(&sockets);
+        threads.push(std::thread::spawn(move || echo_loop(&sockets, i)));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn echo_loop(sockets: &[UdpSocket], i: usize) {
+    let me = &sockets[i];
+    let local = me.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut buf = [0u8; 1500];
+    loop {
+        let (n, src) = match me.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => fail(&format!("udp-echo {local}: {e}")),
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+        println!("{local} got {text:?} from {src}");
+        if text == "probe" || text == "probe alt" {
+            let _ = me.send_to(format!("seen {src}").as_bytes(), src);
+            if text == "probe alt" {
+                for (j, other) in sockets.iter().enumerate() {
+                    if j != i {
+                        let _ = other.send_to(format!("alt {src}").as_bytes(), src);
+                    }
+                }
+            }
+        } else if let Some(target) = text.strip_prefix("knock ") {
+            match target.trim().parse::<SocketAddr>() {
+                Ok(t) => {
+                    let _ = me.send_to(b"knock", t);
+                }
+                Err(_) => eprintln!("udp-echo: bad knock target {target:?}"),
+            }
+        }
+    }
+}
+
+/// `udp-probe`: see the module docs.
+fn udp_probe(opts: &Opts) -> anyhow::Result<()> {
+    let bind = opts.addr("--bind");
+    let targets = opts.addrs("--to");
+    let request: &[u8] = if opts.has("--alt") {
+        b"probe alt"
+    } else {
+        b"probe"
+    };
+    let linger = Duration::from_millis(opts.num("--linger-ms").unwrap_or(1000));
+    let sock = UdpSocket::bind(bind).map_err(|e| anyhow::anyhow!("bind {bind}: {e}"))?;
+    let mut answered: Vec<SocketAddr> = Vec::new();
+    let mut buf = [0u8; 1500];
+    // Receives until `until`; returns the address `target` saw, if its answer came.
+    let mut receive = |until: Instant, target: Option<SocketAddr>, answered: &mut Vec<_>| {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return None;
+            }
+            sock.set_read_timeout(Some(until - now)).ok()?;
+            let (n, src) = match sock.recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(_) => continue,
+            };
+            let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+            if let Some(seen) = text.strip_prefix("seen ") {
+                if answered.contains(&src) {
+                    continue; // the answer to a retry
+                }
+                if Some(src) == target {
+                    answered.push(src);
+                    return Some(seen.to_string());
+                }
+            }
+            println!("from {src} {text}");
+        }
+    };
+    for to in targets {
+        let mut seen = None;
+        for _ in 0..7 {
+            sock.send_to(request, to)
+                .map_err(|e| anyhow::anyhow!("send to {to}: {e}"))?;
+            seen = receive(
+                Instant::now() + Duration::from_millis(300),
+                Some(to),
+                &mut answered,
+            );
+            if seen.is_some() {
+                break;
+            }
+        }
+        println!("mapped {to} {}", seen.as_deref().unwrap_or("none"));
+    }
+    receive(Instant::now() + linger, None, &mut answered);
+    println!("done");
+    Ok(())
+}
+
+/// `udp-send`: fire-and-forget datagrams.
+fn udp_send(opts: &Opts) -> anyhow::Result<()> {
+    let to = opts.addr("--to");
+    let bind = match opts.get("--bind") {
+        Some(v) => parse_addr("--bind", v),
+        None => "0.0.0.0:0".parse().expect("literal address"),
+    };
+    let count = opts.num("--count").unwrap_or(3);
+    let text = opts.get("--text").unwrap_or("hello");
+    let sock = UdpSocket::bind(bind).map_err(|e| anyhow::anyhow!("bind {bind}: {e}"))?;
+    for i in 0..count {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sock.send_to(text.as_bytes(), to)
+            .map_err(|e| anyhow::anyhow!("send to {to}: {e}"))?;
+    }
+    println!("sent {count}");
+    Ok(())
 }
 
 /// A small deterministic generator: the same seed always gives the same bytes.
