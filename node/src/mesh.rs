@@ -525,6 +525,16 @@ impl Mesh {
         }
     }
 
+    /// The keepalive interval each peer's tunnel runs with.
+    #[cfg(test)]
+    pub fn keepalives(&self) -> Vec<Option<u16>> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|p| p.tunn.persistent_keepalive())
+            .collect()
+    }
+
     pub fn peers(&self, now: Instant) -> Vec<PeerView> {
         let mut views: Vec<PeerView> = self
             .slots

@@ -31,11 +31,15 @@ struct Host {
 }
 
 fn host(i: u8) -> Host {
+    host_with_keepalive(i, 25)
+}
+
+fn host_with_keepalive(i: u8, keepalive: u16) -> Host {
     let secret = StaticSecret::from([i; 32]);
     let public = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
     let addr = SocketAddr::from(([203, 0, 113, i], 41641));
     Host {
-        mesh: Mesh::new(secret, 25, Instant::now()),
+        mesh: Mesh::new(secret, keepalive, Instant::now()),
         io: Recorder::default(),
         addr,
         info: PeerInfo {
@@ -236,4 +240,43 @@ fn removed_peers_stop_receiving() {
     send_from_tun(&mut a, &packet);
     pump(&mut [&mut a, &mut b]);
     assert!(b.io.tun.is_empty());
+}
+
+#[test]
+fn tunnels_keep_idle_paths_alive_at_the_configured_interval() {
+    let (mut a, mut b) = (host_with_keepalive(1, 7), host(2));
+    connect(&mut a, &mut b);
+    assert_eq!(a.mesh.keepalives(), vec![Some(7)]);
+    assert_eq!(b.mesh.keepalives(), vec![Some(25)]);
+}
+
+#[test]
+fn a_probe_answer_is_exactly_as_large_as_the_probe() {
+    let (mut a, mut b) = (host(1), host(2));
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    a.mesh.apply_peer_map(
+        Instant::now(),
+        vec![b.info.clone()],
+        &mut scratch,
+        &mut a.io,
+    );
+    b.mesh.apply_peer_map(
+        Instant::now(),
+        vec![a.info.clone()],
+        &mut scratch,
+        &mut b.io,
+    );
+    b.io.udp.clear();
+    let ping =
+        a.io.udp
+            .iter()
+            .find(|(_, d)| lanmesh_proto::probe::sender(d).is_some())
+            .expect("a probes b")
+            .1
+            .clone();
+    b.mesh
+        .handle_probe(Instant::now(), a.addr, &ping, &mut scratch, &mut b.io);
+    assert_eq!(b.io.udp.len(), 1);
+    assert_eq!(b.io.udp[0].0, a.addr);
+    assert_eq!(b.io.udp[0].1.len(), ping.len());
 }

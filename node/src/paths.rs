@@ -535,6 +535,20 @@ mod tests {
     }
 
     #[test]
+    fn our_endpoint_changing_reprobes_a_confirmed_path() {
+        let t0 = Instant::now();
+        let mut f = finder();
+        f.start_punch(t0);
+        let sent = pings(&run(&mut f, t0));
+        f.on_pong(t0, sent[0].0, sent[0].1).unwrap();
+        assert!(!f.is_punching());
+        let t1 = t0 + Duration::from_secs(60);
+        f.network_changed(t1);
+        assert_eq!(f.poll_timeout(), Some(t1));
+        assert_eq!(pings(&run(&mut f, t1)).len(), 2);
+    }
+
+    #[test]
     fn new_candidates_replace_old_ones_but_keep_peer_reflexive() {
         let t0 = Instant::now();
         let mut f = finder();
