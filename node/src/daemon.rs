@@ -2,12 +2,12 @@
 //! local control socket, and feeds them to the sans-IO [`ControlClient`] and [`Mesh`].
 
 use crate::api::{PeerStatus, Request, Response, Status};
-use crate::control::{ControlClient, Event, Trust};
 use crate::mesh::{Io, Mesh, SCRATCH_LEN};
 use crate::netconf;
 use crate::state::StateDir;
 use crate::stun_client::StunClient;
 use anyhow::{bail, Context};
+use lanmesh_proto::client::{ControlClient, Event, Trust};
 use lanmesh_proto::header::{classify, PacketClass};
 use lanmesh_proto::{JoinKey, PublicKey, DEFAULT_COORDINATOR_PORT};
 use std::net::{Ipv4Addr, SocketAddr};

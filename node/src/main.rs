@@ -1,7 +1,6 @@
 //! `node`: joins this machine to a lanmesh network.
 
 mod api;
-mod control;
 mod daemon;
 mod mesh;
 mod netconf;
@@ -9,8 +8,6 @@ mod paths;
 mod state;
 mod stun_client;
 
-#[cfg(test)]
-mod control_tests;
 #[cfg(test)]
 mod mesh_tests;
 

@@ -4,6 +4,9 @@
 //! its input as hostile (bounded lengths, no panics, no allocation beyond the input's size).
 
 pub mod channel;
+pub mod client;
+#[cfg(test)]
+mod client_tests;
 pub mod header;
 pub mod join_key;
 pub mod key;

@@ -1,18 +1,18 @@
-//! The node's side of the control protocol as a sans-IO state machine: datagrams from the
+//! A node's (or relay's) side of the control protocol as a sans-IO state machine: datagrams from the
 //! coordinator and the time go in; datagrams to send, events and the next wake-up come out.
 //!
 //! Lifecycle: (ask the coordinator for its key, when none is known) → Hello/Welcome handshake
 //! (retried with backoff) → connected: heartbeats, peer map pulls. Missed heartbeats send it
 //! back to the handshake; existing tunnels are not its business and keep running meanwhile.
 
-use lanmesh_proto::channel::{transport_receiver, Initiator, Session, MAX_DATAGRAM};
-use lanmesh_proto::header::{self, ControlHeader, ControlKind, HEADER_LEN};
-use lanmesh_proto::join_key::JoinSecret;
-use lanmesh_proto::messages::{
+use crate::channel::{transport_receiver, Initiator, Session, MAX_DATAGRAM};
+use crate::header::{self, ControlHeader, ControlKind, HEADER_LEN};
+use crate::join_key::JoinSecret;
+use crate::messages::{
     self, Candidates, Hello, PeerInfo, ToCoordinator, ToNode, Welcome, MAX_ENDPOINTS,
     MAX_PLAINTEXT, PUNCH_REQUEST_LEN,
 };
-use lanmesh_proto::{PublicKey, PROTOCOL_VERSION};
+use crate::{PublicKey, PROTOCOL_VERSION};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

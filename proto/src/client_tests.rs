@@ -1,13 +1,13 @@
 //! Deterministic tests of the node's control client against a scripted coordinator built from
 //! the real protocol pieces, with injected time.
 
-use crate::control::{ControlClient, Event, Transmit, Trust};
-use lanmesh_proto::channel::{IncomingHello, Session, MAX_DATAGRAM};
-use lanmesh_proto::header::{self, ControlKind, HEADER_LEN};
-use lanmesh_proto::messages::{
+use crate::channel::{IncomingHello, Session, MAX_DATAGRAM};
+use crate::client::{ControlClient, Event, Transmit, Trust};
+use crate::header::{self, ControlKind, HEADER_LEN};
+use crate::messages::{
     self, PeerInfo, RejectReason, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT,
 };
-use lanmesh_proto::{JoinKey, PublicKey};
+use crate::{JoinKey, PublicKey};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
