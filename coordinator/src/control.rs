@@ -9,7 +9,9 @@ use lanmesh_proto::header::{
 };
 use lanmesh_proto::join_key::JoinSecret;
 use lanmesh_proto::log_limit::LogLimit;
-use lanmesh_proto::messages::{self, RejectReason, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT};
+use lanmesh_proto::messages::{
+    self, MeshAddress, RejectReason, Role, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT,
+};
 use lanmesh_proto::{stun, PublicKey, PROTOCOL_VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -24,6 +26,8 @@ pub enum AdmitError {
     KeyUsed,
     #[error("join key expired")]
     KeyExpired,
+    #[error("a node key used by a relay or a relay key used by a node")]
+    WrongKind,
     #[error("storage failed: {0}")]
     Storage(String),
 }
@@ -289,6 +293,14 @@ impl<S: Store> ControlServer<S> {
             return self.dropped(now_ms, src, "replayed hello");
         }
         let welcome = match self.registry.get(&key) {
+            Some(rec) if rec.role != hello.role => Err((
+                RejectReason::Other,
+                format!(
+                    "this key is registered as a {:?}, not a {:?}: use a separate state dir",
+                    rec.role, hello.role
+                )
+                .to_lowercase(),
+            )),
             Some(_) => Ok(()),
             None => self.admit(key, &hello, src, now_ms),
         };
@@ -297,8 +309,10 @@ impl<S: Store> ControlServer<S> {
                 let rec = self.registry.get(&key).expect("admitted");
                 Welcome::Accepted {
                     name: rec.name.clone(),
-                    mesh_ip: rec.mesh_ip,
-                    network: self.registry.network(),
+                    mesh: rec.mesh_ip.map(|ip| MeshAddress {
+                        ip,
+                        network: self.registry.network(),
+                    }),
                     heartbeat_secs: self.settings.heartbeat_secs,
                     map_version: self.registry.map_version(),
                     endpoint: src,
@@ -351,24 +365,30 @@ impl<S: Store> ControlServer<S> {
         src: SocketAddr,
         now_ms: u64,
     ) -> Result<(), (RejectReason, String)> {
-        let join = if self.settings.open {
+        // Open mode admits nodes without a key, never relays.
+        let join = if self.settings.open && hello.role == Role::Node {
             None
         } else {
             match &hello.join {
                 Some(j) => Some(j),
                 None => {
+                    let create = match hello.role {
+                        Role::Node => "coordinator keys create",
+                        Role::Relay => "coordinator keys create --relay",
+                    };
                     return Err((
                         RejectReason::KeyRequired,
-                        "this coordinator needs a join key: create one on it with \
-                         `coordinator keys create` and pass it with --auth-key"
-                            .into(),
-                    ))
+                        format!(
+                            "this coordinator needs a join key: create one on it with \
+                             `{create}` and pass it with --auth-key"
+                        ),
+                    ));
                 }
             }
         };
         let record = self
             .registry
-            .allocate(key, &hello.name, Some(src), now_ms)
+            .allocate(key, hello.role, &hello.name, Some(src), now_ms)
             .map_err(|e| (RejectReason::NetworkFull, e.to_string()))?;
         self.store
             .add_node(&record, join, now_ms)
@@ -390,6 +410,20 @@ impl<S: Store> ControlServer<S> {
                     "this join key has expired: create a new one with `coordinator keys create`"
                         .into(),
                 ),
+                AdmitError::WrongKind => (
+                    RejectReason::KeyUnknown,
+                    match hello.role {
+                        Role::Node => {
+                            "this is a relay key: nodes join with a key from \
+                                       `coordinator keys create`"
+                        }
+                        Role::Relay => {
+                            "this is a node key: relays join with a key from \
+                                        `coordinator keys create --relay`"
+                        }
+                    }
+                    .into(),
+                ),
                 AdmitError::Storage(e) => {
                     warn!("could not store a new node: {e}");
                     (
@@ -398,7 +432,10 @@ impl<S: Store> ControlServer<S> {
                     )
                 }
             })?;
-        info!(node = %record.name, mesh_ip = %record.mesh_ip, "new node joined");
+        match record.mesh_ip {
+            Some(ip) => info!(node = %record.name, mesh_ip = %ip, "new node joined"),
+            None => info!(relay = %record.name, "new relay joined"),
+        }
         self.registry.insert(record);
         Ok(())
     }

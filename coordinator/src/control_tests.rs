@@ -3,12 +3,12 @@
 
 use crate::control::{ControlServer, Settings, Transmit};
 use crate::registry::Registry;
-use crate::store::SqliteStore;
+use crate::store::{KeyKind, SqliteStore};
 use lanmesh_proto::channel::{Initiator, Session, MAX_DATAGRAM};
 use lanmesh_proto::header;
 use lanmesh_proto::join_key::JoinSecret;
 use lanmesh_proto::messages::{
-    self, Hello, RejectReason, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT,
+    self, Hello, RejectReason, Role, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT,
 };
 use lanmesh_proto::{JoinKey, PublicKey};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,6 +34,7 @@ fn drain(s: &mut ControlServer<SqliteStore>) -> Vec<Transmit> {
 }
 
 struct FakeNode {
+    role: Role,
     secret: [u8; 32],
     addr: SocketAddr,
     session: Option<Session>,
@@ -43,6 +44,7 @@ struct FakeNode {
 impl FakeNode {
     fn new(seed: u8) -> FakeNode {
         FakeNode {
+            role: Role::Node,
             secret: [seed; 32],
             addr: SocketAddr::from(([203, 0, 113, seed], 41641)),
             session: None,
@@ -68,6 +70,7 @@ impl FakeNode {
             name: "box".into(),
             join,
             local_endpoints: vec![SocketAddr::from(([10, 9, 0, self.secret[0]], 41641))],
+            role: self.role,
         };
         let mut buf = [0u8; MAX_DATAGRAM];
         let (init, n) = Initiator::start(&self.secret, &s.public_key(), &hello, &mut buf).unwrap();
@@ -117,14 +120,24 @@ impl FakeNode {
 }
 
 fn key(store: &SqliteStore, reusable: bool) -> JoinSecret {
+    key_of_kind(
+        store,
+        KeyKind {
+            reusable,
+            relay: false,
+        },
+    )
+}
+
+fn key_of_kind(store: &SqliteStore, kind: KeyKind) -> JoinSecret {
     let k = JoinKey::generate(PublicKey([0; 32])).secret;
-    store.add_key(&k, reusable, None, 0).unwrap();
+    store.add_key(&k, kind, None, 0).unwrap();
     k
 }
 
 fn mesh_ip(w: &Option<Welcome>) -> Ipv4Addr {
     match w {
-        Some(Welcome::Accepted { mesh_ip, .. }) => *mesh_ip,
+        Some(Welcome::Accepted { mesh: Some(m), .. }) => m.ip,
         other => panic!("not accepted: {other:?}"),
     }
 }
@@ -215,6 +228,7 @@ fn a_replayed_hello_gets_no_answer() {
         name: "a".into(),
         join: None,
         local_endpoints: vec![],
+        role: Role::Node,
     };
     let mut buf = [0u8; MAX_DATAGRAM];
     let (_, n) = Initiator::start(&a.secret, &s.public_key(), &hello, &mut buf).unwrap();
@@ -458,4 +472,80 @@ fn stun_binding_requests_get_the_source_address() {
     assert!(lanmesh_proto::stun::parse(&bare).is_some());
     s.handle_datagram(1, src, &bare);
     assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn relays_join_with_relay_keys_only_and_see_the_members() {
+    let store = SqliteStore::in_memory();
+    let node_key = key(&store, true);
+    let relay_key = key_of_kind(
+        &store,
+        KeyKind {
+            reusable: true,
+            relay: true,
+        },
+    );
+    // Open mode is for nodes; relays always need a relay key.
+    let mut open = server(SqliteStore::in_memory(), true);
+    let mut relay = FakeNode::new(9);
+    relay.role = Role::Relay;
+    assert_eq!(
+        rejection(&relay.join(&mut open, 1, None).0),
+        RejectReason::KeyRequired
+    );
+    let mut s = server(store, false);
+    assert_eq!(
+        rejection(&relay.join(&mut s, 1, Some(node_key)).0),
+        RejectReason::KeyUnknown
+    );
+    let mut relay_as_node = FakeNode::new(8);
+    assert_eq!(
+        rejection(&relay_as_node.join(&mut s, 1, Some(relay_key)).0),
+        RejectReason::KeyUnknown
+    );
+    match relay.join(&mut s, 1, Some(relay_key)).0 {
+        Some(Welcome::Accepted { mesh: None, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut a = FakeNode::new(1);
+    a.join(&mut s, 1, Some(node_key));
+    drain(&mut s);
+    // The node sees the relay; the relay sees the node, its member.
+    a.send(
+        &mut s,
+        2,
+        &ToCoordinator::GetPeers {
+            map_version: 0,
+            offset: 0,
+        },
+    );
+    match a.inbox(&mut s).as_slice() {
+        [ToNode::PeerPage { peers, .. }] => {
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].role, Role::Relay);
+            assert_eq!(peers[0].candidates.public, Some(relay.addr));
+        }
+        other => panic!("{other:?}"),
+    }
+    relay.send(
+        &mut s,
+        2,
+        &ToCoordinator::GetPeers {
+            map_version: 0,
+            offset: 0,
+        },
+    );
+    match relay.inbox(&mut s).as_slice() {
+        [ToNode::PeerPage { peers, .. }] => {
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].public_key, a.public());
+        }
+        other => panic!("{other:?}"),
+    }
+    // A relay's key cannot come back as a node.
+    relay.role = Role::Node;
+    assert_eq!(
+        rejection(&relay.join(&mut s, 3, None).0),
+        RejectReason::Other
+    );
 }

@@ -2,7 +2,7 @@
 //! SQLite database (`coordinator.db`), shared by `serve` and the admin commands.
 
 use crate::control::{x25519_public, Store};
-use crate::store::SqliteStore;
+use crate::store::{KeyKind, SqliteStore};
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
 use lanmesh_common::key_file::load_or_create_private_key;
@@ -24,6 +24,9 @@ pub struct DataDir {
 #[derive(Debug, serde::Serialize)]
 pub struct NodeRow {
     pub name: String,
+    /// "node" or "relay".
+    pub role: String,
+    /// Empty for relays.
     pub mesh_ip: String,
     pub public_key: String,
     pub online: bool,
@@ -94,21 +97,25 @@ impl DataDir {
 
     pub fn create_join_key(
         &self,
-        reusable: bool,
+        kind: KeyKind,
         expires: Option<Duration>,
     ) -> anyhow::Result<JoinKey> {
         let now = unix_ms();
         let key = JoinKey::generate(self.public);
         let expires_ms = expires.map(|d| now + d.as_millis() as u64);
         self.store
-            .add_key(&key.secret, reusable, expires_ms, now)
+            .add_key(&key.secret, kind, expires_ms, now)
             .context("cannot store the join key")?;
         Ok(key)
     }
 
     pub fn has_usable_key(&self) -> anyhow::Result<bool> {
         let now = unix_ms();
-        Ok(self.store.list_keys()?.iter().any(|k| k.usable(now)))
+        Ok(self
+            .store
+            .list_keys()?
+            .iter()
+            .any(|k| k.usable(now) && !k.relay))
     }
 
     pub fn list_nodes(&mut self, offline_after: Duration) -> anyhow::Result<Vec<NodeRow>> {
@@ -121,7 +128,8 @@ impl DataDir {
                 let ago_ms = now.saturating_sub(n.last_seen_ms);
                 NodeRow {
                     name: n.name,
-                    mesh_ip: n.mesh_ip.to_string(),
+                    role: format!("{:?}", n.role).to_lowercase(),
+                    mesh_ip: n.mesh_ip.map(|ip| ip.to_string()).unwrap_or_default(),
                     public_key: n.public_key.to_string(),
                     online: ago_ms <= offline_after.as_millis() as u64,
                     last_seen_secs_ago: ago_ms / 1000,

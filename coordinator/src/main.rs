@@ -58,6 +58,9 @@ enum KeysCommand {
         /// Let the key admit any number of nodes (default: one node only).
         #[arg(long)]
         reusable: bool,
+        /// A key for relays (`relay serve --auth-key`), not for nodes.
+        #[arg(long)]
+        relay: bool,
         /// How long the key stays valid: 90s, 30m, 24h, 7d, or "never".
         #[arg(long, default_value = "24h", value_name = "DURATION")]
         expires: String,
@@ -118,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(KeysCommand::Create {
             reusable,
+            relay,
             expires,
             dir,
         }) => {
@@ -126,13 +130,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "never" => None,
                 text => Some(parse_duration(text).map_err(anyhow::Error::msg)?),
             };
-            let key = dd.create_join_key(reusable, expires)?;
-            let kind = if reusable { "reusable" } else { "one-off" };
+            let key = dd.create_join_key(store::KeyKind { reusable, relay }, expires)?;
+            let kind = match (reusable, relay) {
+                (true, false) => "reusable",
+                (false, false) => "one-off",
+                (true, true) => "reusable relay",
+                (false, true) => "one-off relay",
+            };
             let until = expires.map_or("never expires".to_string(), |d| {
                 format!("expires in {}", human_duration(d))
             });
-            println!("New {kind} join key ({until}). Join a node with:");
-            println!("  sudo node up --coordinator <this-host>:<port> --auth-key {key}");
+            if relay {
+                println!("New {kind} join key ({until}). Start a relay with:");
+                println!("  relay serve --coordinator <this-host>:<port> --auth-key {key}");
+            } else {
+                println!("New {kind} join key ({until}). Join a node with:");
+                println!("  sudo node up --coordinator <this-host>:<port> --auth-key {key}");
+            }
             println!("{key}");
             Ok(())
         }
@@ -149,7 +163,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "ID", "KIND", "USES", "EXPIRES"
             );
             for k in keys {
-                let kind = if k.reusable { "reusable" } else { "one-off" };
+                let kind = match (k.reusable, k.relay) {
+                    (true, false) => "reusable",
+                    (false, false) => "one-off",
+                    (true, true) => "relay",
+                    (false, true) => "relay-once",
+                };
                 let expires = k.expires_ms.map_or("never".into(), |e| {
                     if e <= now {
                         "expired".into()
@@ -164,7 +183,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     "spent"
                 };
-                println!("{:<18} {kind:<9} {:<6} {expires:<10} {state}", k.id, k.uses);
+                println!(
+                    "{:<18} {kind:<10} {:<6} {expires:<10} {state}",
+                    k.id, k.uses
+                );
             }
             Ok(())
         }
@@ -195,7 +217,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{:<24} {:<16} {:<8} {:<12} {}",
                     n.name,
-                    n.mesh_ip,
+                    if n.mesh_ip.is_empty() {
+                        format!("({})", n.role)
+                    } else {
+                        n.mesh_ip.clone()
+                    },
                     if n.online { "yes" } else { "no" },
                     format!(
                         "{} ago",

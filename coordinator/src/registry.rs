@@ -5,10 +5,10 @@
 
 use ipnet::Ipv4Net;
 use lanmesh_proto::messages::{
-    encoded_len, Candidates, PeerInfo, MAX_ENDPOINTS, MAX_NAME_LEN, PAGE_BUDGET,
+    encoded_len, Candidates, PeerInfo, Role, MAX_ENDPOINTS, MAX_NAME_LEN, PAGE_BUDGET,
 };
 use lanmesh_proto::PublicKey;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
 /// One registered node.
@@ -16,7 +16,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 pub struct NodeRecord {
     pub public_key: PublicKey,
     pub name: String,
-    pub mesh_ip: Ipv4Addr,
+    /// A node's mesh address; relays have none.
+    pub mesh_ip: Option<Ipv4Addr>,
+    pub role: Role,
     pub endpoint: Option<SocketAddr>,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
@@ -42,6 +44,7 @@ pub struct Registry {
     offline_after_ms: u64,
     nodes: HashMap<PublicKey, Entry>,
     by_ip: BTreeMap<Ipv4Addr, PublicKey>,
+    relays: BTreeSet<PublicKey>,
     names: HashSet<String>,
     map_version: u64,
 }
@@ -53,6 +56,7 @@ impl Registry {
             offline_after_ms,
             nodes: HashMap::new(),
             by_ip: BTreeMap::new(),
+            relays: BTreeSet::new(),
             names: HashSet::new(),
             map_version: 1,
         }
@@ -88,21 +92,28 @@ impl Registry {
     }
 
     /// Makes the record for a new node: the lowest free mesh IP (skipping addresses ending in
-    /// .0 and .255, which some systems refuse as host addresses) and a unique name derived from
-    /// the one asked for. Does not insert it.
+    /// .0 and .255, which some systems refuse as host addresses; relays get none) and a unique
+    /// name derived from the one asked for. Does not insert it.
     pub fn allocate(
         &self,
         public_key: PublicKey,
+        role: Role,
         requested_name: &str,
         endpoint: Option<SocketAddr>,
         now_ms: u64,
     ) -> Result<NodeRecord, AllocError> {
+        let mesh_ip = match role {
+            Role::Node => Some(
+                self.free_ip()
+                    .ok_or(AllocError::NetworkFull(self.network))?,
+            ),
+            Role::Relay => None,
+        };
         Ok(NodeRecord {
             public_key,
             name: self.unique_name(requested_name),
-            mesh_ip: self
-                .free_ip()
-                .ok_or(AllocError::NetworkFull(self.network))?,
+            mesh_ip,
+            role,
             endpoint,
             first_seen_ms: now_ms,
             last_seen_ms: now_ms,
@@ -159,7 +170,14 @@ impl Registry {
     /// Adds (or replaces) a node; it stays offline until it is [`Registry::seen`].
     pub fn insert(&mut self, record: NodeRecord) {
         self.remove(&record.public_key);
-        self.by_ip.insert(record.mesh_ip, record.public_key);
+        match record.mesh_ip {
+            Some(ip) => {
+                self.by_ip.insert(ip, record.public_key);
+            }
+            None => {
+                self.relays.insert(record.public_key);
+            }
+        }
         self.names.insert(record.name.clone());
         self.nodes.insert(
             record.public_key,
@@ -174,7 +192,10 @@ impl Registry {
 
     pub fn remove(&mut self, key: &PublicKey) -> Option<NodeRecord> {
         let entry = self.nodes.remove(key)?;
-        self.by_ip.remove(&entry.record.mesh_ip);
+        if let Some(ip) = entry.record.mesh_ip {
+            self.by_ip.remove(&ip);
+        }
+        self.relays.remove(key);
         self.names.remove(&entry.record.name);
         self.bump();
         Some(entry.record)
@@ -253,10 +274,13 @@ impl Registry {
             .min()
     }
 
-    /// One page of the peer map as `viewer` sees it (everyone but itself, by mesh IP), starting
-    /// at `offset`, filled up to the page budget. Returns the total number of peers too.
+    /// One page of the peer map as `viewer` sees it, starting at `offset`, filled up to the
+    /// page budget; also returns the total number of peers. A node sees every other node (by
+    /// mesh IP), then the relays; a relay sees the nodes (its members) only.
     pub fn page(&self, viewer: &PublicKey, offset: u32) -> (u32, Vec<PeerInfo>) {
-        let peers = self.by_ip.values().filter(|k| *k != viewer);
+        let viewer_is_relay = self.relays.contains(viewer);
+        let relays = self.relays.iter().filter(move |_| !viewer_is_relay);
+        let peers = self.by_ip.values().chain(relays).filter(|k| *k != viewer);
         let total = peers.clone().count() as u32;
         let mut used = 0;
         let mut page = Vec::new();
@@ -277,9 +301,10 @@ impl Registry {
         PeerInfo {
             name: e.record.name.clone(),
             public_key: *key,
-            mesh_ip: e.record.mesh_ip,
+            mesh_ip: e.record.mesh_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
             candidates: self.candidates(key).unwrap_or_default(),
             online: e.online,
+            role: e.record.role,
         }
     }
 }
@@ -319,7 +344,9 @@ mod tests {
     }
 
     fn add(r: &mut Registry, i: u16, name: &str) -> NodeRecord {
-        let rec = r.allocate(key(i), name, Some(ep(i)), 1000).unwrap();
+        let rec = r
+            .allocate(key(i), Role::Node, name, Some(ep(i)), 1000)
+            .unwrap();
         r.insert(rec.clone());
         rec
     }
@@ -327,22 +354,43 @@ mod tests {
     #[test]
     fn allocates_lowest_free_ips_and_reuses_gaps() {
         let mut r = registry();
-        assert_eq!(add(&mut r, 1, "a").mesh_ip, Ipv4Addr::new(100, 64, 0, 1));
-        assert_eq!(add(&mut r, 2, "b").mesh_ip, Ipv4Addr::new(100, 64, 0, 2));
-        assert_eq!(add(&mut r, 3, "c").mesh_ip, Ipv4Addr::new(100, 64, 0, 3));
+        assert_eq!(
+            add(&mut r, 1, "a").mesh_ip,
+            Some(Ipv4Addr::new(100, 64, 0, 1))
+        );
+        assert_eq!(
+            add(&mut r, 2, "b").mesh_ip,
+            Some(Ipv4Addr::new(100, 64, 0, 2))
+        );
+        assert_eq!(
+            add(&mut r, 3, "c").mesh_ip,
+            Some(Ipv4Addr::new(100, 64, 0, 3))
+        );
         r.remove(&key(2));
-        assert_eq!(add(&mut r, 4, "d").mesh_ip, Ipv4Addr::new(100, 64, 0, 2));
-        assert_eq!(add(&mut r, 5, "e").mesh_ip, Ipv4Addr::new(100, 64, 0, 4));
+        assert_eq!(
+            add(&mut r, 4, "d").mesh_ip,
+            Some(Ipv4Addr::new(100, 64, 0, 2))
+        );
+        assert_eq!(
+            add(&mut r, 5, "e").mesh_ip,
+            Some(Ipv4Addr::new(100, 64, 0, 4))
+        );
     }
 
     #[test]
     fn skips_dot_zero_and_dot_255_and_reports_full() {
         let mut r = Registry::new("10.1.0.252/30".parse().unwrap(), 60_000);
         // .253 and .254 are usable; .252 is the network, .255 the broadcast.
-        assert_eq!(add(&mut r, 1, "a").mesh_ip, Ipv4Addr::new(10, 1, 0, 253));
-        assert_eq!(add(&mut r, 2, "b").mesh_ip, Ipv4Addr::new(10, 1, 0, 254));
         assert_eq!(
-            r.allocate(key(3), "c", None, 0),
+            add(&mut r, 1, "a").mesh_ip,
+            Some(Ipv4Addr::new(10, 1, 0, 253))
+        );
+        assert_eq!(
+            add(&mut r, 2, "b").mesh_ip,
+            Some(Ipv4Addr::new(10, 1, 0, 254))
+        );
+        assert_eq!(
+            r.allocate(key(3), Role::Node, "c", None, 0),
             Err(AllocError::NetworkFull("10.1.0.252/30".parse().unwrap()))
         );
         let mut r = Registry::new("10.2.0.0/23".parse().unwrap(), 60_000);
@@ -350,7 +398,10 @@ mod tests {
             add(&mut r, i, "n");
         }
         // 10.2.0.255 and 10.2.1.0 are skipped.
-        assert_eq!(add(&mut r, 300, "n").mesh_ip, Ipv4Addr::new(10, 2, 1, 1));
+        assert_eq!(
+            add(&mut r, 300, "n").mesh_ip,
+            Some(Ipv4Addr::new(10, 2, 1, 1))
+        );
     }
 
     #[test]
@@ -387,6 +438,32 @@ mod tests {
         assert!(!r.is_online(&key(1)));
         assert!(r.map_version() > v);
         assert_eq!(r.next_expiry_ms(), None);
+    }
+
+    #[test]
+    fn relays_have_no_mesh_ip_and_see_only_nodes() {
+        let mut r = registry();
+        add(&mut r, 1, "a");
+        add(&mut r, 2, "b");
+        let relay = r
+            .allocate(key(9), Role::Relay, "relay", Some(ep(9)), 0)
+            .unwrap();
+        assert_eq!(relay.mesh_ip, None);
+        r.insert(relay);
+        // Nodes see the other node and the relay, last.
+        let (total, page) = r.page(&key(1), 0);
+        assert_eq!(total, 2);
+        assert_eq!(page[1].role, Role::Relay);
+        assert_eq!(page[1].candidates.public, Some(ep(9)));
+        // The relay sees both nodes and no relay.
+        let (total, page) = r.page(&key(9), 0);
+        assert_eq!(total, 2);
+        assert!(page.iter().all(|p| p.role == Role::Node));
+        // Addresses are not used up by relays.
+        assert_eq!(
+            add(&mut r, 3, "c").mesh_ip,
+            Some(Ipv4Addr::new(100, 64, 0, 3))
+        );
     }
 
     #[test]

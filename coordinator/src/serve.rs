@@ -97,7 +97,11 @@ async fn serve(
     let fresh_key = if dd.has_usable_key()? {
         None
     } else {
-        Some(dd.create_join_key(true, Some(Duration::from_secs(24 * 3600)))?)
+        let kind = crate::store::KeyKind {
+            reusable: true,
+            relay: false,
+        };
+        Some(dd.create_join_key(kind, Some(Duration::from_secs(24 * 3600)))?)
     };
     print_banner(&dd, listen, network, open, fresh_key.as_ref());
 

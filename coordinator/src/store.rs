@@ -5,6 +5,7 @@
 use crate::control::{AdmitError, Store, StoreError};
 use crate::registry::NodeRecord;
 use lanmesh_proto::join_key::{hex_id, JoinSecret};
+use lanmesh_proto::messages::Role;
 use lanmesh_proto::PublicKey;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
@@ -20,7 +21,8 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TABLE IF NOT EXISTS nodes (
     public_key    BLOB PRIMARY KEY,
     name          TEXT NOT NULL UNIQUE,
-    mesh_ip       TEXT NOT NULL UNIQUE,
+    role          TEXT NOT NULL DEFAULT 'node',
+    mesh_ip       TEXT UNIQUE,
     endpoint      TEXT,
     first_seen_ms INTEGER NOT NULL,
     last_seen_ms  INTEGER NOT NULL
@@ -29,6 +31,7 @@ CREATE TABLE IF NOT EXISTS join_keys (
     id          BLOB PRIMARY KEY,
     secret_hash BLOB NOT NULL,
     reusable    INTEGER NOT NULL,
+    relay       INTEGER NOT NULL DEFAULT 0,
     created_ms  INTEGER NOT NULL,
     expires_ms  INTEGER,
     uses        INTEGER NOT NULL DEFAULT 0,
@@ -37,8 +40,17 @@ CREATE TABLE IF NOT EXISTS join_keys (
 );
 ";
 
-/// secret_hash, reusable, expires_ms, uses, revoked
-type KeyCheckRow = (Vec<u8>, bool, Option<i64>, i64, bool);
+/// secret_hash, reusable, relay, expires_ms, uses, revoked
+type KeyCheckRow = (Vec<u8>, bool, bool, Option<i64>, i64, bool);
+
+/// What a join key admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyKind {
+    /// Any number of nodes (else one).
+    pub reusable: bool,
+    /// Relays instead of nodes.
+    pub relay: bool,
+}
 
 pub struct SqliteStore {
     conn: Connection,
@@ -50,6 +62,8 @@ pub struct SqliteStore {
 pub struct KeyRow {
     pub id: String,
     pub reusable: bool,
+    /// A key for relays (`keys create --relay`), not for nodes.
+    pub relay: bool,
     pub created_ms: u64,
     pub expires_ms: Option<u64>,
     pub uses: u64,
@@ -78,18 +92,34 @@ fn err(e: rusqlite::Error) -> StoreError {
 
 fn node_from_row(row: &rusqlite::Row) -> rusqlite::Result<NodeRecord> {
     let key: Vec<u8> = row.get(0)?;
-    let mesh_ip: String = row.get(2)?;
+    let mesh_ip: Option<String> = row.get(2)?;
     let endpoint: Option<String> = row.get(3)?;
+    let role: String = row.get(6)?;
     let bad =
         |i| rusqlite::Error::InvalidColumnType(i, "value".into(), rusqlite::types::Type::Text);
     Ok(NodeRecord {
         public_key: PublicKey(key.try_into().map_err(|_| bad(0))?),
         name: row.get(1)?,
-        mesh_ip: mesh_ip.parse().map_err(|_| bad(2))?,
+        mesh_ip: match mesh_ip {
+            Some(ip) => Some(ip.parse().map_err(|_| bad(2))?),
+            None => None,
+        },
+        role: if role == "relay" {
+            Role::Relay
+        } else {
+            Role::Node
+        },
         endpoint: endpoint.and_then(|e| e.parse().ok()),
         first_seen_ms: row.get::<_, i64>(4)? as u64,
         last_seen_ms: row.get::<_, i64>(5)? as u64,
     })
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Node => "node",
+        Role::Relay => "relay",
+    }
 }
 
 impl SqliteStore {
@@ -149,18 +179,19 @@ impl SqliteStore {
     pub fn add_key(
         &self,
         secret: &JoinSecret,
-        reusable: bool,
+        kind: KeyKind,
         expires_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO join_keys (id, secret_hash, reusable, created_ms, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO join_keys (id, secret_hash, reusable, relay, created_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     secret.id.as_slice(),
                     secret_hash(secret).as_slice(),
-                    reusable,
+                    kind.reusable,
+                    kind.relay,
                     now_ms as i64,
                     expires_ms.map(|e| e as i64)
                 ],
@@ -173,7 +204,7 @@ impl SqliteStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, reusable, created_ms, expires_ms, uses, revoked
+                "SELECT id, reusable, created_ms, expires_ms, uses, revoked, relay
                  FROM join_keys ORDER BY created_ms",
             )
             .map_err(err)?;
@@ -189,6 +220,7 @@ impl SqliteStore {
                     expires_ms: r.get::<_, Option<i64>>(3)?.map(|e| e as u64),
                     uses: r.get::<_, i64>(4)? as u64,
                     revoked: r.get(5)?,
+                    relay: r.get(6)?,
                 })
             })
             .map_err(err)?;
@@ -222,24 +254,37 @@ impl SqliteStore {
     fn check_and_consume(
         tx: &rusqlite::Transaction,
         join: &JoinSecret,
+        role: Role,
         now_ms: u64,
     ) -> Result<(), AdmitError> {
         let storage = |e: rusqlite::Error| AdmitError::Storage(e.to_string());
         let row: Option<KeyCheckRow> = tx
             .query_row(
-                "SELECT secret_hash, reusable, expires_ms, uses, revoked
+                "SELECT secret_hash, reusable, relay, expires_ms, uses, revoked
                  FROM join_keys WHERE id = ?1",
                 [join.id.as_slice()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()
             .map_err(storage)?;
-        let Some((hash, reusable, expires_ms, uses, revoked)) = row else {
+        let Some((hash, reusable, relay, expires_ms, uses, revoked)) = row else {
             return Err(AdmitError::KeyUnknown);
         };
         let matches: bool = secret_hash(join).as_slice().ct_eq(hash.as_slice()).into();
         if !matches || revoked {
             return Err(AdmitError::KeyUnknown);
+        }
+        if relay != (role == Role::Relay) {
+            return Err(AdmitError::WrongKind);
         }
         if expires_ms.is_some_and(|e| e as u64 <= now_ms) {
             return Err(AdmitError::KeyExpired);
@@ -269,18 +314,20 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(storage)?;
         if let Some(join) = join {
-            Self::check_and_consume(&tx, join, now_ms)?;
+            Self::check_and_consume(&tx, join, record.role, now_ms)?;
         }
         tx.execute(
-            "INSERT INTO nodes (public_key, name, mesh_ip, endpoint, first_seen_ms, last_seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO nodes (public_key, name, mesh_ip, endpoint, first_seen_ms, last_seen_ms,
+                                role)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 record.public_key.as_bytes().as_slice(),
                 record.name,
-                record.mesh_ip.to_string(),
+                record.mesh_ip.map(|ip| ip.to_string()),
                 record.endpoint.map(|e| e.to_string()),
                 record.first_seen_ms as i64,
-                record.last_seen_ms as i64
+                record.last_seen_ms as i64,
+                role_name(record.role)
             ],
         )
         .map_err(storage)?;
@@ -313,7 +360,7 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT public_key, name, mesh_ip, endpoint, first_seen_ms, last_seen_ms
+                "SELECT public_key, name, mesh_ip, endpoint, first_seen_ms, last_seen_ms, role
                  FROM nodes ORDER BY mesh_ip",
             )
             .map_err(err)?;
@@ -337,7 +384,8 @@ mod tests {
         NodeRecord {
             public_key: PublicKey([i; 32]),
             name: format!("n{i}"),
-            mesh_ip: std::net::Ipv4Addr::new(100, 64, 0, i),
+            mesh_ip: Some(std::net::Ipv4Addr::new(100, 64, 0, i)),
+            role: Role::Node,
             endpoint: Some(SocketAddr::from(([203, 0, 113, i], 41641))),
             first_seen_ms: 1,
             last_seen_ms: 2,
@@ -346,7 +394,11 @@ mod tests {
 
     fn key(store: &SqliteStore, reusable: bool, expires_ms: Option<u64>) -> JoinSecret {
         let s = lanmesh_proto::JoinKey::generate(PublicKey([0; 32])).secret;
-        store.add_key(&s, reusable, expires_ms, 0).unwrap();
+        let kind = KeyKind {
+            reusable,
+            relay: false,
+        };
+        store.add_key(&s, kind, expires_ms, 0).unwrap();
         s
     }
 
@@ -403,6 +455,37 @@ mod tests {
             Err(AdmitError::Storage(_))
         ));
         assert_eq!(s.list_keys().unwrap()[0].uses, 0);
+    }
+
+    #[test]
+    fn relay_keys_admit_relays_only_and_node_keys_nodes_only() {
+        let mut s = SqliteStore::in_memory();
+        let node_key = key(&s, true, None);
+        let relay_key = lanmesh_proto::JoinKey::generate(PublicKey([0; 32])).secret;
+        let kind = KeyKind {
+            reusable: true,
+            relay: true,
+        };
+        s.add_key(&relay_key, kind, None, 0).unwrap();
+        let mut relay = record(9);
+        relay.mesh_ip = None;
+        relay.role = Role::Relay;
+        assert_eq!(
+            s.add_node(&relay, Some(&node_key), 1),
+            Err(AdmitError::WrongKind)
+        );
+        assert_eq!(
+            s.add_node(&record(1), Some(&relay_key), 1),
+            Err(AdmitError::WrongKind)
+        );
+        assert_eq!(s.add_node(&relay, Some(&relay_key), 1), Ok(()));
+        let mut second = record(8);
+        second.mesh_ip = None;
+        second.role = Role::Relay;
+        assert_eq!(s.add_node(&second, Some(&relay_key), 1), Ok(()));
+        let loaded = s.load_nodes().unwrap();
+        assert!(loaded.contains(&relay) && loaded.contains(&second));
+        assert!(s.list_keys().unwrap().iter().any(|k| k.relay));
     }
 
     #[test]

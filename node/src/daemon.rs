@@ -7,8 +7,9 @@ use crate::netconf;
 use crate::state::StateDir;
 use crate::stun_client::StunClient;
 use anyhow::{bail, Context};
-use lanmesh_proto::client::{ControlClient, Event, Trust};
+use lanmesh_proto::client::{ClientConfig, ControlClient, Event, Trust};
 use lanmesh_proto::header::{classify, PacketClass};
+use lanmesh_proto::messages::{MeshAddress, Role};
 use lanmesh_proto::{JoinKey, PublicKey, DEFAULT_COORDINATOR_PORT};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -236,12 +237,14 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     info!(%public, %coordinator, "node starting; registering with the coordinator");
     let epoch = Instant::now();
     let mut control = ControlClient::new(
-        private,
-        coordinator,
-        trust,
-        opts.auth_key.map(|k| k.secret),
-        opts.name.clone(),
-        epoch,
+        ClientConfig {
+            private,
+            coordinator_addr: coordinator,
+            trust,
+            join: opts.auth_key.map(|k| k.secret),
+            name: opts.name.clone(),
+            role: Role::Node,
+        },
         rand::random(),
     );
     let port = udp.local_addr()?.port();
@@ -296,10 +299,13 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 }
                 Event::Registered {
                     name,
-                    mesh_ip,
-                    network,
+                    mesh,
                     endpoint,
                 } => {
+                    let Some(MeshAddress { ip: mesh_ip, network }) = mesh else {
+                        fatal = Some("the coordinator registered this node without a mesh address".into());
+                        continue;
+                    };
                     if let Trust::JoinKey(k) = trust {
                         if opts.state.pinned_coordinator()? != Some(k) {
                             opts.state.pin_coordinator(&k)?;
@@ -327,7 +333,9 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                         network,
                     });
                 }
-                Event::PeerMap(peers) => {
+                Event::PeerMap(map) => {
+                    let (_relays, peers): (Vec<_>, Vec<_>) =
+                        map.into_iter().partition(|p| p.role == Role::Relay);
                     let joined = mesh.apply_peer_map(Instant::now(), peers, &mut scratch, &mut io);
                     punch_requests.extend(joined);
                 }

@@ -51,6 +51,7 @@ fn host_with_keepalive(i: u8, keepalive: u16) -> Host {
                 local: vec![],
             },
             online: true,
+            role: lanmesh_proto::messages::Role::Node,
         },
     }
 }

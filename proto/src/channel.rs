@@ -294,14 +294,17 @@ mod tests {
             name: "a".into(),
             join: None,
             local_endpoints: vec![],
+            role: crate::messages::Role::Node,
         }
     }
 
     fn accepted() -> Welcome {
         Welcome::Accepted {
             name: "a".into(),
-            mesh_ip: "100.64.0.1".parse().unwrap(),
-            network: "100.64.0.0/10".parse().unwrap(),
+            mesh: Some(crate::messages::MeshAddress {
+                ip: "100.64.0.1".parse().unwrap(),
+                network: "100.64.0.0/10".parse().unwrap(),
+            }),
             heartbeat_secs: 5,
             map_version: 1,
             endpoint: "203.0.113.1:5".parse().unwrap(),

@@ -9,12 +9,12 @@ use crate::channel::{transport_receiver, Initiator, Session, MAX_DATAGRAM};
 use crate::header::{self, ControlHeader, ControlKind, HEADER_LEN};
 use crate::join_key::JoinSecret;
 use crate::messages::{
-    self, Candidates, Hello, PeerInfo, ToCoordinator, ToNode, Welcome, MAX_ENDPOINTS,
-    MAX_PLAINTEXT, PUNCH_REQUEST_LEN,
+    self, Candidates, Hello, MeshAddress, PeerInfo, Role, ToCoordinator, ToNode, Welcome,
+    MAX_ENDPOINTS, MAX_PLAINTEXT, PUNCH_REQUEST_LEN,
 };
 use crate::{PublicKey, PROTOCOL_VERSION};
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// First handshake retry; doubles up to [`MAX_RETRY`].
@@ -46,8 +46,8 @@ pub enum Event {
     Pin(PublicKey),
     Registered {
         name: String,
-        mesh_ip: Ipv4Addr,
-        network: ipnet::Ipv4Net,
+        /// The node's mesh address (none for a relay).
+        mesh: Option<MeshAddress>,
         endpoint: SocketAddr,
     },
     /// A complete, consistent peer map.
@@ -106,7 +106,20 @@ struct Pull {
     asked_at: Instant,
 }
 
+/// Who the client is and whom it talks to.
+pub struct ClientConfig {
+    /// The node's (or relay's) X25519 private key.
+    pub private: [u8; 32],
+    pub coordinator_addr: SocketAddr,
+    pub trust: Trust,
+    /// The join key's secret, needed until the first registration.
+    pub join: Option<JoinSecret>,
+    pub name: String,
+    pub role: Role,
+}
+
 pub struct ControlClient {
+    role: Role,
     private: [u8; 32],
     coordinator_addr: SocketAddr,
     trust: Trust,
@@ -122,21 +135,15 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    pub fn new(
-        private: [u8; 32],
-        coordinator_addr: SocketAddr,
-        trust: Trust,
-        join: Option<JoinSecret>,
-        name: String,
-        now: Instant,
-        session_seed: u32,
-    ) -> ControlClient {
-        let mut c = ControlClient {
-            private,
-            coordinator_addr,
-            trust,
-            join,
-            name,
+    /// A client that does nothing until [`ControlClient::start`].
+    pub fn new(config: ClientConfig, session_seed: u32) -> ControlClient {
+        ControlClient {
+            private: config.private,
+            coordinator_addr: config.coordinator_addr,
+            trust: config.trust,
+            join: config.join,
+            name: config.name,
+            role: config.role,
             state: State::Stopped,
             session_counter: session_seed,
             last_timestamp: 0,
@@ -144,15 +151,11 @@ impl ControlClient {
             events: VecDeque::new(),
             local_endpoints: Vec::new(),
             public_endpoint: None,
-        };
-        c.restart(now);
-        c
+        }
     }
 
-    /// Starts over with the first contact (for a client made before its local endpoints were
-    /// known, so the first Hello carries them).
+    /// Makes first contact (set the local endpoints before, so the first Hello carries them).
     pub fn start(&mut self, now: Instant) {
-        self.outbox.clear();
         self.restart(now);
     }
 
@@ -247,6 +250,7 @@ impl ControlClient {
             name: self.name.clone(),
             join: self.join,
             local_endpoints: self.local_endpoints.clone(),
+            role: self.role,
         };
         let mut buf = [0u8; MAX_DATAGRAM];
         match Initiator::start(&self.private, &coordinator, &hello, &mut buf) {
@@ -409,8 +413,7 @@ impl ControlClient {
             (
                 Welcome::Accepted {
                     name,
-                    mesh_ip,
-                    network,
+                    mesh,
                     heartbeat_secs,
                     map_version,
                     endpoint,
@@ -421,8 +424,7 @@ impl ControlClient {
                 self.note_public_endpoint(endpoint);
                 self.events.push_back(Event::Registered {
                     name,
-                    mesh_ip,
-                    network,
+                    mesh,
                     endpoint,
                 });
                 let heartbeat = Duration::from_secs(heartbeat_secs.max(1) as u64);

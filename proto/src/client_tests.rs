@@ -2,10 +2,11 @@
 //! the real protocol pieces, with injected time.
 
 use crate::channel::{IncomingHello, Session, MAX_DATAGRAM};
-use crate::client::{ControlClient, Event, Transmit, Trust};
+use crate::client::{ClientConfig, ControlClient, Event, Transmit, Trust};
 use crate::header::{self, ControlKind, HEADER_LEN};
+use crate::join_key::JoinSecret;
 use crate::messages::{
-    self, PeerInfo, RejectReason, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT,
+    self, MeshAddress, PeerInfo, RejectReason, Role, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT,
 };
 use crate::{JoinKey, PublicKey};
 use std::net::SocketAddr;
@@ -22,8 +23,21 @@ fn coord_public() -> PublicKey {
     x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(COORD_SECRET)).into()
 }
 
+fn config(trust: Trust, join: Option<JoinSecret>) -> ClientConfig {
+    ClientConfig {
+        private: NODE_SECRET,
+        coordinator_addr: coord_addr(),
+        trust,
+        join,
+        name: "n".into(),
+        role: Role::Node,
+    }
+}
+
 fn client(trust: Trust, now: Instant) -> ControlClient {
-    ControlClient::new(NODE_SECRET, coord_addr(), trust, None, "n".into(), now, 100)
+    let mut c = ControlClient::new(config(trust, None), 100);
+    c.start(now);
+    c
 }
 
 fn sent(c: &mut ControlClient) -> Vec<Transmit> {
@@ -44,8 +58,10 @@ fn kind(t: &Transmit) -> ControlKind {
 fn accepted(map_version: u64) -> Welcome {
     Welcome::Accepted {
         name: "n".into(),
-        mesh_ip: "100.64.0.1".parse().unwrap(),
-        network: "100.64.0.0/10".parse().unwrap(),
+        mesh: Some(MeshAddress {
+            ip: "100.64.0.1".parse().unwrap(),
+            network: "100.64.0.0/10".parse().unwrap(),
+        }),
         heartbeat_secs: 5,
         map_version,
         endpoint: "198.51.100.1:41641".parse().unwrap(),
@@ -87,6 +103,7 @@ fn peer(i: u8) -> PeerInfo {
         mesh_ip: std::net::Ipv4Addr::new(100, 64, 0, i),
         candidates: Default::default(),
         online: true,
+        role: Role::Node,
     }
 }
 
@@ -294,15 +311,8 @@ fn acked_heartbeats_keep_the_session() {
 fn the_join_key_is_only_sent_until_registered() {
     let t0 = Instant::now();
     let key = JoinKey::generate(coord_public());
-    let mut c = ControlClient::new(
-        NODE_SECRET,
-        coord_addr(),
-        Trust::JoinKey(coord_public()),
-        Some(key.secret),
-        "n".into(),
-        t0,
-        1,
-    );
+    let mut c = ControlClient::new(config(Trust::JoinKey(coord_public()), Some(key.secret)), 1);
+    c.start(t0);
     let hello = sent(&mut c).pop().unwrap();
     let incoming = IncomingHello::read(&COORD_SECRET, &hello.payload).unwrap();
     assert_eq!(incoming.hello.join, Some(key.secret));

@@ -42,6 +42,23 @@ pub struct Hello {
     pub join: Option<JoinSecret>,
     /// The node's interface addresses with its port: how peers on the same LAN reach it.
     pub local_endpoints: Vec<SocketAddr>,
+    /// A mesh node, or a relay joining with a relay key.
+    pub role: Role,
+}
+
+/// What joins the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Node,
+    /// Forwards WireGuard ciphertext between members that cannot reach each other directly.
+    Relay,
+}
+
+/// A node's address in the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshAddress {
+    pub ip: Ipv4Addr,
+    pub network: Ipv4Net,
 }
 
 /// Why the coordinator turned a node away.
@@ -66,8 +83,8 @@ pub enum Welcome {
     Accepted {
         /// The node's final name (a clash with another node's name gets a suffix).
         name: String,
-        mesh_ip: Ipv4Addr,
-        network: Ipv4Net,
+        /// The node's mesh address (relays have none).
+        mesh: Option<MeshAddress>,
         /// How often the node should send heartbeats, in seconds.
         heartbeat_secs: u16,
         /// The current peer map version (the node pulls it when it differs from what it has).
@@ -155,6 +172,9 @@ pub struct PeerInfo {
     pub candidates: Candidates,
     /// Whether the coordinator has heard from the peer recently.
     pub online: bool,
+    /// A node, or a relay (whose mesh IP is unspecified and whose public candidate is where it
+    /// forwards).
+    pub role: Role,
 }
 
 /// Encodes `msg` into `out`, padding with zeros up to `pad_to` bytes; returns the length used.
@@ -246,6 +266,7 @@ mod tests {
                 local: vec!["10.0.0.7:41641".parse().unwrap()],
             },
             online: i.is_multiple_of(2),
+            role: Role::Node,
         }
     }
 
@@ -261,6 +282,7 @@ mod tests {
                 secret: [2; 16],
             }),
             local_endpoints: vec!["10.1.0.2:41641".parse().unwrap(); MAX_ENDPOINTS],
+            role: Role::Node,
         };
         let n = encode(&hello, &mut buf, HELLO_PLAINTEXT).unwrap();
         assert_eq!(n, HELLO_PLAINTEXT);
@@ -296,6 +318,7 @@ mod tests {
                 secret: [0xff; 16],
             }),
             local_endpoints: vec!["[2001:db8::1]:65535".parse().unwrap(); MAX_ENDPOINTS],
+            role: Role::Relay,
         };
         assert!(encode(&hello, &mut buf, 0).unwrap() <= HELLO_PLAINTEXT);
         let punch = ToNode::Punch {
@@ -323,6 +346,7 @@ mod tests {
             name: "x".repeat(MAX_NAME_LEN + 1),
             join: None,
             local_endpoints: vec![],
+            role: Role::Node,
         };
         let n = encode(&long, &mut buf, 0).unwrap();
         assert_eq!(decode::<Hello>(&buf[..n]), Err(DecodeError::TooLarge));
