@@ -54,6 +54,14 @@ pub enum ControlKind {
     VersionMismatch = 6,
     /// Node ↔ node: a path probe (ping or pong) sealed with the two nodes' keys.
     Probe = 7,
+    /// Node → relay: "I am this member; bind me here" (see `relay`).
+    RelayBind = 8,
+    /// Relay → node: the bind was accepted.
+    RelayBound = 9,
+    /// Node → relay: forward this WireGuard datagram to a member.
+    RelaySend = 10,
+    /// Relay → node: a WireGuard datagram from a member.
+    RelayDeliver = 11,
 }
 
 impl ControlKind {
@@ -67,6 +75,10 @@ impl ControlKind {
             5 => Transport,
             6 => VersionMismatch,
             7 => Probe,
+            8 => RelayBind,
+            9 => RelayBound,
+            10 => RelaySend,
+            11 => RelayDeliver,
             _ => return None,
         })
     }

@@ -13,6 +13,7 @@ pub mod key;
 pub mod log_limit;
 pub mod messages;
 pub mod probe;
+pub mod relay;
 pub mod replay;
 pub mod stun;
 

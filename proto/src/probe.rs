@@ -64,14 +64,7 @@ impl ProbeKey {
         me: &PublicKey,
         peer: &PublicKey,
     ) -> ProbeKey {
-        let shared = my_secret.diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
-        let (lo, hi) = if me < peer { (me, peer) } else { (peer, me) };
-        let mut h = Blake2s256::new();
-        h.update(b"lanmesh probe key v1");
-        h.update(shared.as_bytes());
-        h.update(lo.as_bytes());
-        h.update(hi.as_bytes());
-        let key: [u8; 32] = h.finalize().into();
+        let key = pair_key(b"lanmesh probe key v1", my_secret, me, peer);
         ProbeKey {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
         }
@@ -126,6 +119,24 @@ impl ProbeKey {
             _ => None,
         }
     }
+}
+
+/// A 32-byte key two parties derive from their static X25519 keys (each side passes its own
+/// secret and both public keys; both get the same key), bound to `label`.
+pub fn pair_key(
+    label: &[u8],
+    my_secret: &x25519_dalek::StaticSecret,
+    me: &PublicKey,
+    peer: &PublicKey,
+) -> [u8; 32] {
+    let shared = my_secret.diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
+    let (lo, hi) = if me < peer { (me, peer) } else { (peer, me) };
+    let mut h = Blake2s256::new();
+    h.update(label);
+    h.update(shared.as_bytes());
+    h.update(lo.as_bytes());
+    h.update(hi.as_bytes());
+    h.finalize().into()
 }
 
 fn write_addr(addr: SocketAddr, out: &mut [u8]) {
