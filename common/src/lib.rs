@@ -1,6 +1,9 @@
 //! Command-line plumbing shared by the lanmesh binaries.
 
 pub mod key_file;
+pub mod local_api;
+pub mod net;
+pub mod state_dir;
 
 use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;

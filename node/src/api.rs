@@ -1,11 +1,8 @@
-//! The daemon's local control socket (`node.sock` in the state dir, owner-only): one JSON
-//! request line in, one JSON answer line out. `node status` and `node down` use it.
+//! What the node daemon's local control socket (`node.sock`) speaks: `node status` and
+//! `node down` use it.
 
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,27 +48,7 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
 }
 
-/// Sends one request to the daemon behind `socket`.
+/// Sends one request to the node daemon behind `socket`.
 pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Response> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
-            "no node daemon is running with state dir {} (start one with `sudo node up`)",
-            socket
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        ),
-        std::io::ErrorKind::PermissionDenied => {
-            anyhow::anyhow!("not allowed to talk to the node daemon: run with sudo")
-        }
-        _ => anyhow::anyhow!("cannot reach the node daemon at {}: {e}", socket.display()),
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    serde_json::from_str(&answer)
-        .map_err(|_| anyhow::anyhow!("the node daemon gave an answer this version cannot read"))
+    lanmesh_common::local_api::call(socket, "node", request)
 }

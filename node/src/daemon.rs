@@ -4,19 +4,20 @@
 use crate::api::{PeerStatus, Request, Response, Status};
 use crate::mesh::{Io, Mesh, SCRATCH_LEN};
 use crate::netconf;
-use crate::state::StateDir;
 use crate::stun_client::StunClient;
 use anyhow::{bail, Context};
+use lanmesh_common::local_api;
+use lanmesh_common::net::{coordinator_target, resolve};
+use lanmesh_common::state_dir::StateDir;
 use lanmesh_proto::client::{ClientConfig, ControlClient, Event, Trust};
 use lanmesh_proto::header::{classify, PacketClass};
 use lanmesh_proto::messages::{MeshAddress, Role};
-use lanmesh_proto::{JoinKey, PublicKey, DEFAULT_COORDINATOR_PORT};
+use lanmesh_proto::{JoinKey, PublicKey};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UdpSocket, UnixListener};
+use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub struct UpOptions {
@@ -60,7 +61,7 @@ struct Identity {
     network: ipnet::Ipv4Net,
 }
 
-type ApiCall = (Request, oneshot::Sender<Response>);
+type ApiCall = local_api::Call<Request, Response>;
 
 struct SocketIo<'a> {
     udp: &'a UdpSocket,
@@ -101,110 +102,6 @@ fn bind_socket(port: u16) -> anyhow::Result<UdpSocket> {
     Ok(UdpSocket::from_std(socket.into())?)
 }
 
-/// `HOST[:PORT]` with the default port filled in (IPv6 literals may be bare or bracketed).
-fn coordinator_target(text: &str) -> String {
-    if text.parse::<SocketAddr>().is_ok() {
-        return text.to_string();
-    }
-    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
-        return SocketAddr::new(ip, DEFAULT_COORDINATOR_PORT).to_string();
-    }
-    match text.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_ok() => text.to_string(),
-        _ => format!("{text}:{DEFAULT_COORDINATOR_PORT}"),
-    }
-}
-
-/// Resolves the coordinator, retrying (and saying so) until it works.
-async fn resolve(target: &str) -> SocketAddr {
-    let mut wait = Duration::from_secs(1);
-    loop {
-        match tokio::net::lookup_host(target).await {
-            Ok(addrs) => {
-                let addrs: Vec<SocketAddr> = addrs.collect();
-                if let Some(a) = addrs.iter().find(|a| a.is_ipv4()) {
-                    return *a;
-                }
-                warn!(
-                    "coordinator {target} has no IPv4 address; retrying in {}s",
-                    wait.as_secs()
-                );
-            }
-            Err(e) => warn!(
-                "cannot resolve coordinator {target}: {e}; retrying in {}s",
-                wait.as_secs()
-            ),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(10));
-    }
-}
-
-fn serve_api(listener: UnixListener, calls: mpsc::Sender<ApiCall>) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut line = String::new();
-                let mut reader = BufReader::new(read.take_limited());
-                if reader.read_line(&mut line).await.is_err() {
-                    return;
-                }
-                let Ok(request) = serde_json::from_str::<Request>(&line) else {
-                    return;
-                };
-                // The daemon stops as soon as it reads a Down, so that answer goes out first.
-                let going_down = matches!(request, Request::Down);
-                if going_down {
-                    write_line(&mut write, &Response::GoingDown).await;
-                }
-                let (tx, rx) = oneshot::channel();
-                if calls.send((request, tx)).await.is_err() {
-                    return;
-                }
-                if let Ok(response) = rx.await {
-                    write_line(&mut write, &response).await;
-                }
-            });
-        }
-    });
-}
-
-async fn write_line(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) {
-    if let Ok(mut text) = serde_json::to_string(response) {
-        text.push('\n');
-        let _ = write.write_all(text.as_bytes()).await;
-    }
-}
-
-/// Limits how much a local client can make the daemon buffer.
-trait TakeLimited: tokio::io::AsyncRead + Sized {
-    fn take_limited(self) -> tokio::io::Take<Self> {
-        tokio::io::AsyncReadExt::take(self, 4096)
-    }
-}
-impl<T: tokio::io::AsyncRead> TakeLimited for T {}
-
-fn open_api(state: &StateDir) -> anyhow::Result<UnixListener> {
-    let path = state.socket();
-    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-        bail!(
-            "a node daemon is already running with state dir {}: stop it with `node down` first",
-            state.path.display()
-        );
-    }
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
 pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     if !netconf::has_net_admin() {
         bail!("node up needs root (or CAP_NET_ADMIN) to create its network interface: run it with sudo");
@@ -217,9 +114,12 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let secret = x25519_dalek::StaticSecret::from(private);
     let public = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
     let udp = bind_socket(opts.port)?;
-    let listener = open_api(&opts.state)?;
+    let listener = local_api::listen(&opts.state.socket(), "node")?;
     let (api_tx, mut api_rx) = mpsc::channel::<ApiCall>(16);
-    serve_api(listener, api_tx);
+    // The daemon stops as soon as it reads a Down, so that answer goes out first.
+    local_api::serve(listener, api_tx, |r| {
+        matches!(r, Request::Down).then_some(Response::GoingDown)
+    });
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -502,20 +402,5 @@ fn status(
                 tx_bytes: p.tx_bytes,
             })
             .collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::coordinator_target;
-
-    #[test]
-    fn coordinator_targets_get_the_default_port() {
-        assert_eq!(coordinator_target("example.net"), "example.net:3478");
-        assert_eq!(coordinator_target("example.net:9"), "example.net:9");
-        assert_eq!(coordinator_target("203.0.113.10"), "203.0.113.10:3478");
-        assert_eq!(coordinator_target("203.0.113.10:77"), "203.0.113.10:77");
-        assert_eq!(coordinator_target("[2001:db8::1]:77"), "[2001:db8::1]:77");
-        assert_eq!(coordinator_target("2001:db8::1"), "[2001:db8::1]:3478");
     }
 }

@@ -5,7 +5,6 @@ mod daemon;
 mod mesh;
 mod netconf;
 mod paths;
-mod state;
 mod stun_client;
 
 #[cfg(test)]
@@ -13,6 +12,7 @@ mod mesh_tests;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use lanmesh_common::state_dir::StateDir;
 use lanmesh_common::{init_logging, load_config};
 use lanmesh_proto::{JoinKey, DEFAULT_NODE_PORT};
 use serde::Deserialize;
@@ -112,6 +112,9 @@ struct NodeConfig {
     keepalive_secs: Option<u16>,
 }
 
+/// Where the node keeps its key, the pinned coordinator key and its control socket.
+const DEFAULT_STATE_DIR: &str = "/var/lib/lanmesh";
+
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -159,7 +162,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 coordinator,
                 auth_key,
                 name: args.name.or(cfg.name).unwrap_or_else(hostname),
-                state: state::StateDir::new(args.dir.state_dir.or(cfg.state_dir)),
+                state: StateDir::new(
+                    args.dir.state_dir.or(cfg.state_dir),
+                    DEFAULT_STATE_DIR,
+                    "node",
+                ),
                 interface,
                 port: args.port.or(cfg.port).unwrap_or(DEFAULT_NODE_PORT),
                 stun: if args.stun.is_empty() {
@@ -176,7 +183,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime.block_on(daemon::run(opts))
         }
         Command::Down { dir } => {
-            let state = state::StateDir::new(dir.state_dir);
+            let state = StateDir::new(dir.state_dir, DEFAULT_STATE_DIR, "node");
             match api::call(&state.socket(), &api::Request::Down)? {
                 api::Response::GoingDown => {}
                 other => bail!("unexpected answer from the daemon: {other:?}"),
@@ -192,7 +199,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             bail!("the node daemon did not stop within 5 s")
         }
         Command::Status { json, dir } => {
-            let state = state::StateDir::new(dir.state_dir);
+            let state = StateDir::new(dir.state_dir, DEFAULT_STATE_DIR, "node");
             let api::Response::Status(status) = api::call(&state.socket(), &api::Request::Status)?
             else {
                 bail!("unexpected answer from the daemon");

@@ -1,29 +1,31 @@
-//! The node's state directory (default /var/lib/lanmesh, mode 0700): its private key
-//! (`node.key`, 0600), the pinned coordinator key (`coordinator.pub`) and the daemon's local
-//! control socket (`node.sock`).
+//! A daemon's state directory (mode 0700): its private key (`<daemon>.key`, 0600), the pinned
+//! coordinator key (`coordinator.pub`) and the daemon's local control socket
+//! (`<daemon>.sock`). The node's is /var/lib/lanmesh by default, the relay's
+//! /var/lib/lanmesh-relay.
 
+use crate::key_file::{load_or_create_private_key, write_private_file};
 use anyhow::{bail, Context};
-use lanmesh_common::key_file::{load_or_create_private_key, write_private_file};
 use lanmesh_proto::PublicKey;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/lanmesh";
-
 pub struct StateDir {
     pub path: PathBuf,
+    /// "node" or "relay": names the key and socket files.
+    daemon: &'static str,
 }
 
 impl StateDir {
-    pub fn new(path: Option<PathBuf>) -> StateDir {
+    pub fn new(path: Option<PathBuf>, default: &str, daemon: &'static str) -> StateDir {
         StateDir {
-            path: path.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            path: path.unwrap_or_else(|| PathBuf::from(default)),
+            daemon,
         }
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.path.join("node.sock")
+        self.path.join(format!("{}.sock", self.daemon))
     }
 
     fn pin_file(&self) -> PathBuf {
@@ -45,9 +47,9 @@ impl StateDir {
             })
     }
 
-    /// The node's private key, generated on first use.
+    /// The daemon's private key, generated on first use.
     pub fn private_key(&self) -> anyhow::Result<[u8; 32]> {
-        load_or_create_private_key(&self.path.join("node.key"))
+        load_or_create_private_key(&self.path.join(format!("{}.key", self.daemon)))
     }
 
     pub fn pinned_coordinator(&self) -> anyhow::Result<Option<PublicKey>> {
@@ -75,7 +77,7 @@ mod tests {
     #[test]
     fn key_is_made_once_and_pins_round_trip() {
         let dir = std::env::temp_dir().join(format!("lm-state-{}", std::process::id()));
-        let s = StateDir::new(Some(dir.clone()));
+        let s = StateDir::new(Some(dir.clone()), "/nonexistent", "node");
         s.create().unwrap();
         let k1 = s.private_key().unwrap();
         assert_eq!(s.private_key().unwrap(), k1);
