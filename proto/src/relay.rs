@@ -3,14 +3,15 @@
 //! A node first binds to the relay, proving it holds a member's key: the bind is sealed with a
 //! key both derive from their static keys (the relay looks the sender's key up among the
 //! members the coordinator listed before any cryptography, so non-members cost one table
-//! lookup). The relay answers with a session index; both sides derive the session's frame key
-//! from the bind. Every frame a node sends carries that index, a counter and a MAC over the
+//! lookup). The relay answers with a session index and the timestamp of the bind that created
+//! the session (a refreshing bind keeps it); both sides derive the session's frame key from
+//! that bind. Every frame a node sends carries that index, a counter and a MAC over the
 //! whole frame, so a relay forwards nothing for a spoofed source, a replay or a non-member.
 //! The relay only ever sees WireGuard ciphertext.
 //!
 //! Frames (all little-endian; header = `LM`, version, kind):
 //! - Bind    (72 B): header | node key 32 | nonce 12 | sealed(timestamp u64) 8+16
-//! - Bound   (44 B): header | nonce 12 | sealed(timestamp u64, session u32) 12+16
+//! - Bound   (52 B): header | nonce 12 | sealed(timestamp u64, session u32, created u64) 20+16
 //! - Send:           header | session u32 | counter u64 | to key 32 | payload | MAC 16
 //! - Deliver:        header | from key 32 | payload
 //!
@@ -24,7 +25,7 @@ use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
 
 pub const BIND_LEN: usize = HEADER_LEN + 32 + 12 + 8 + 16;
-pub const BOUND_LEN: usize = HEADER_LEN + 12 + 12 + 16;
+pub const BOUND_LEN: usize = HEADER_LEN + 12 + 20 + 16;
 /// Bytes in front of a Send frame's payload.
 pub const SEND_HEADER: usize = HEADER_LEN + 4 + 8 + 32;
 const MAC_LEN: usize = 16;
@@ -120,36 +121,50 @@ impl BindKey {
         Some(u64::from_le_bytes(body))
     }
 
-    /// The relay's answer to a bind with `timestamp`: the session index.
-    pub fn bound(&self, timestamp: u64, session: u32, nonce: [u8; 12]) -> [u8; BOUND_LEN] {
+    /// The relay's answer to a bind.
+    pub fn bound(&self, answer: &Bound, nonce: [u8; 12]) -> [u8; BOUND_LEN] {
         let mut out = [0u8; BOUND_LEN];
         write_header(ControlKind::RelayBound, &mut out);
         out[4..16].copy_from_slice(&nonce);
-        out[16..24].copy_from_slice(&timestamp.to_le_bytes());
-        out[24..28].copy_from_slice(&session.to_le_bytes());
+        out[16..24].copy_from_slice(&answer.timestamp.to_le_bytes());
+        out[24..28].copy_from_slice(&answer.session.to_le_bytes());
+        out[28..36].copy_from_slice(&answer.created.to_le_bytes());
         let (ad, body) = out.split_at_mut(HEADER_LEN);
-        let tag = self.seal(&nonce, ad, &mut body[12..24]);
-        out[28..44].copy_from_slice(&tag);
+        let tag = self.seal(&nonce, ad, &mut body[12..32]);
+        out[36..52].copy_from_slice(&tag);
         out
     }
 
-    /// The (timestamp, session) of a Bound frame sealed with this key.
-    pub fn open_bound(&self, frame: &[u8]) -> Option<(u64, u32)> {
+    /// A Bound frame sealed with this key.
+    pub fn open_bound(&self, frame: &[u8]) -> Option<Bound> {
         if frame.len() != BOUND_LEN || kind_of(frame)? != ControlKind::RelayBound {
             return None;
         }
-        let mut body = [0u8; 12];
-        body.copy_from_slice(&frame[16..28]);
+        let mut body = [0u8; 20];
+        body.copy_from_slice(&frame[16..36]);
         self.open(
             &frame[4..16],
             &frame[..HEADER_LEN],
             &mut body,
-            &frame[28..44],
+            &frame[36..52],
         )?;
-        let timestamp = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
-        let session = u32::from_le_bytes(body[8..].try_into().expect("4 bytes"));
-        Some((timestamp, session))
+        Some(Bound {
+            timestamp: u64::from_le_bytes(body[..8].try_into().expect("8 bytes")),
+            session: u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")),
+            created: u64::from_le_bytes(body[12..].try_into().expect("8 bytes")),
+        })
     }
+}
+
+/// A relay's answer to a bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The timestamp of the bind being answered.
+    pub timestamp: u64,
+    /// The session index to put on Send frames.
+    pub session: u32,
+    /// The timestamp of the bind that created the session: its frame key comes from that.
+    pub created: u64,
 }
 
 /// The sender key of a Bind frame (a cheap look, before any cryptography).
@@ -297,9 +312,14 @@ mod tests {
         assert_eq!(frame_kind(&bind), Some(ControlKind::RelayBind));
         assert_eq!(bind_sender(&bind), Some(node_p));
         assert_eq!(relay_key.open_bind(&bind), Some(77));
-        let bound = relay_key.bound(77, 5, [2; 12]);
+        let answer = Bound {
+            timestamp: 77,
+            session: 5,
+            created: 77,
+        };
+        let bound = relay_key.bound(&answer, [2; 12]);
         assert!(bound.len() < bind.len());
-        assert_eq!(node_key.open_bound(&bound), Some((77, 5)));
+        assert_eq!(node_key.open_bound(&bound), Some(answer));
 
         let node_frames = node_key.session_key(77);
         let relay_frames = relay_key.session_key(77);
