@@ -31,7 +31,15 @@ pub struct Status {
     /// Whether our NAT maps different destinations to different public ports (symmetric NAT);
     /// null until it is known (needs at least one --stun server besides the coordinator).
     pub mapping_varies_by_destination: Option<bool>,
+    /// The relays the coordinator lists, with their round trip (null: not answering).
+    pub relays: Vec<RelayStatus>,
     pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayStatus {
+    pub name: String,
+    pub latency_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,7 +50,10 @@ pub struct PeerStatus {
     pub online: bool,
     /// "direct", "relay" or "connecting".
     pub path: String,
+    /// The peer's address on a direct path, the relay's on a relayed one.
     pub endpoint: Option<String>,
+    /// The relay carrying the traffic, when `path` is "relay".
+    pub relay: Option<String>,
     pub last_handshake_secs: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,

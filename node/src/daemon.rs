@@ -1,9 +1,10 @@
 //! `node up`: the tokio driver. It owns the UDP socket, the TUN device, the timers and the
 //! local control socket, and feeds them to the sans-IO [`ControlClient`] and [`Mesh`].
 
-use crate::api::{PeerStatus, Request, Response, Status};
+use crate::api::{PeerStatus, RelayStatus, Request, Response, Status};
 use crate::mesh::{Io, Mesh, SCRATCH_LEN};
 use crate::netconf;
+use crate::relays::RelayInfo;
 use crate::stun_client::StunClient;
 use anyhow::{bail, Context};
 use lanmesh_common::local_api;
@@ -12,6 +13,7 @@ use lanmesh_common::state_dir::StateDir;
 use lanmesh_proto::client::{ClientConfig, ControlClient, Event, Trust};
 use lanmesh_proto::header::{classify, PacketClass};
 use lanmesh_proto::messages::{MeshAddress, Role};
+use lanmesh_proto::relay::frame_kind;
 use lanmesh_proto::{JoinKey, PublicKey};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -234,8 +236,20 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     });
                 }
                 Event::PeerMap(map) => {
-                    let (_relays, peers): (Vec<_>, Vec<_>) =
+                    let (relays, peers): (Vec<_>, Vec<_>) =
                         map.into_iter().partition(|p| p.role == Role::Relay);
+                    let relays = relays
+                        .into_iter()
+                        .filter(|r| r.online)
+                        .filter_map(|r| {
+                            Some(RelayInfo {
+                                addr: r.candidates.public?,
+                                name: r.name,
+                                key: r.public_key,
+                            })
+                        })
+                        .collect();
+                    mesh.set_relays(Instant::now(), relays);
                     let joined = mesh.apply_peer_map(Instant::now(), peers, &mut scratch, &mut io);
                     punch_requests.extend(joined);
                 }
@@ -297,6 +311,9 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                         }
                         PacketClass::Control if is_probe(datagram) => {
                             mesh.handle_probe(now, src, datagram, &mut scratch, &mut io);
+                        }
+                        PacketClass::Control if frame_kind(datagram).is_some() => {
+                            mesh.handle_relay_frame(now, src, datagram, &mut scratch, &mut io);
                         }
                         PacketClass::Control => control.handle_datagram(now, src, datagram),
                         PacketClass::Stun => stun.handle_datagram(src, datagram),
@@ -387,6 +404,14 @@ fn status(
         coordinator_connected: control.is_connected(),
         public_endpoint: control.public_endpoint().map(|e| e.to_string()),
         mapping_varies_by_destination: mapping_varies,
+        relays: mesh
+            .relay_latencies()
+            .into_iter()
+            .map(|(name, rtt)| RelayStatus {
+                name,
+                latency_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect(),
         peers: mesh
             .peers(Instant::now())
             .into_iter()
@@ -397,6 +422,7 @@ fn status(
                 online: p.info.online,
                 path: p.path.as_str().to_string(),
                 endpoint: p.endpoint.map(|e| e.to_string()),
+                relay: p.relay,
                 last_handshake_secs: p.last_handshake.map(|d| d.as_secs()),
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,

@@ -5,6 +5,7 @@ mod daemon;
 mod mesh;
 mod netconf;
 mod paths;
+mod relays;
 mod stun_client;
 
 #[cfg(test)]
@@ -235,9 +236,10 @@ fn print_status(s: &api::Status) {
         "PEER", "MESH IP", "ONLINE", "PATH", "HANDSHAKE", "RX", "TX"
     );
     for p in &s.peers {
-        let path = match (&p.path[..], &p.endpoint) {
-            ("direct", Some(ep)) => format!("direct {ep}"),
-            (other, _) => other.to_string(),
+        let path = match (&p.path[..], &p.endpoint, &p.relay) {
+            ("direct", Some(ep), _) => format!("direct {ep}"),
+            ("relay", _, Some(relay)) => format!("via relay {relay}"),
+            (other, _, _) => other.to_string(),
         };
         let hs = p
             .last_handshake_secs

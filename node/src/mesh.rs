@@ -7,19 +7,22 @@
 //! that moves bytes (non-blocking; a full queue drops the packet, as a NIC would).
 
 use crate::paths::{CandidateKind, PathAction, PathFinder};
+use crate::relays::{HomeChange, RelayClient, RelayInfo};
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
+use lanmesh_proto::header::ControlKind;
 use lanmesh_proto::log_limit::LogLimit;
 use lanmesh_proto::messages::{Candidates, PeerInfo};
 use lanmesh_proto::probe::{self, Probe, ProbeKey};
+use lanmesh_proto::relay::{frame_kind, parse_deliver, SEND_HEADER};
 use lanmesh_proto::PublicKey;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use x25519_dalek::StaticSecret;
 
 /// Where sealed and opened packets go.
@@ -46,6 +49,7 @@ pub const SCRATCH_LEN: usize = 65_536;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
     Direct,
+    Relay,
     Connecting,
 }
 
@@ -53,10 +57,15 @@ impl Path {
     pub fn as_str(self) -> &'static str {
         match self {
             Path::Direct => "direct",
+            Path::Relay => "relay",
             Path::Connecting => "connecting",
         }
     }
 }
+
+/// Without a direct path for this long, traffic goes through the home relay (and punching
+/// goes on in the background; a direct path takes over as soon as one answers).
+const RELAY_AFTER: Duration = Duration::from_millis(500);
 
 struct Peer {
     info: PeerInfo,
@@ -67,8 +76,12 @@ struct Peer {
     endpoint: Option<SocketAddr>,
     paths: PathFinder,
     probe_key: ProbeKey,
-    /// Whether a working path was last reported (for "peer up/down" logs).
-    up: bool,
+    /// Whether traffic goes through the home relay.
+    relayed: bool,
+    /// Since when the peer has had no direct path.
+    no_direct_since: Option<Instant>,
+    /// Which path was last reported (for "peer up/down" logs).
+    reported: Path,
 }
 
 impl Peer {
@@ -83,11 +96,35 @@ impl Peer {
             .paths
             .last_rx()
             .is_some_and(|t| now.saturating_duration_since(t) < PATH_ALIVE);
-        if self.session_alive() && fresh && self.endpoint.is_some() {
+        if !self.session_alive() {
+            Path::Connecting
+        } else if self.relayed {
+            Path::Relay
+        } else if fresh && self.endpoint.is_some() {
             Path::Direct
         } else {
             Path::Connecting
         }
+    }
+}
+
+/// Sends the WireGuard datagram at `scratch[SEND_HEADER..SEND_HEADER + n]` to `peer`: through
+/// the home relay when the peer is relayed, else to its endpoint.
+fn transmit(peer: &Peer, relays: &mut RelayClient, scratch: &mut [u8], n: usize, io: &mut impl Io) {
+    if peer.relayed {
+        if let Some((relay, len)) = relays.seal(&peer.info.public_key, scratch, n) {
+            io.send_udp(relay, &scratch[..len]);
+        }
+    } else if let Some(ep) = peer.endpoint {
+        io.send_udp(ep, &scratch[SEND_HEADER..SEND_HEADER + n]);
+    }
+}
+
+/// The length of a datagram boringtun wrote for the network, if it wrote one.
+fn written(r: TunnResult) -> Option<usize> {
+    match r {
+        TunnResult::WriteToNetwork(b) => Some(b.len()),
+        _ => None,
     }
 }
 
@@ -97,6 +134,8 @@ pub struct PeerView {
     pub info: PeerInfo,
     pub path: Path,
     pub endpoint: Option<SocketAddr>,
+    /// The relay carrying the traffic, when relayed.
+    pub relay: Option<String>,
     pub last_handshake: Option<Duration>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -112,6 +151,7 @@ pub struct Mesh {
     generations: Vec<u8>,
     by_key: HashMap<PublicKey, usize>,
     by_ip: HashMap<Ipv4Addr, usize>,
+    relays: RelayClient,
     drops: LogLimit,
     epoch: Instant,
 }
@@ -121,6 +161,7 @@ impl Mesh {
         let public = x25519_dalek::PublicKey::from(&private);
         Mesh {
             rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            relays: RelayClient::new(private.clone()),
             private,
             public,
             me: PublicKey::from(public),
@@ -132,6 +173,19 @@ impl Mesh {
             drops: LogLimit::new(5),
             epoch: now,
         }
+    }
+
+    /// The relays the coordinator lists.
+    pub fn set_relays(&mut self, now: Instant, relays: Vec<RelayInfo>) {
+        self.relays.set_relays(now, relays);
+    }
+
+    pub fn relay_latencies(&self) -> Vec<(String, Option<Duration>)> {
+        self.relays
+            .latencies()
+            .into_iter()
+            .map(|(r, rtt)| (r.name.clone(), rtt))
+            .collect()
     }
 
     fn dropped(&mut self, now: Instant, why: std::fmt::Arguments) {
@@ -218,7 +272,9 @@ impl Mesh {
             index,
             paths,
             probe_key,
-            up: false,
+            relayed: false,
+            no_direct_since: Some(now),
+            reported: Path::Connecting,
         });
         if online {
             self.initiate(slot, false, scratch, io);
@@ -260,17 +316,14 @@ impl Mesh {
         }
     }
 
-    /// Starts a handshake with the peer in `slot` (if it has an endpoint).
+    /// Starts a handshake with the peer in `slot` (over its current path).
     fn initiate(&mut self, slot: usize, force: bool, scratch: &mut [u8], io: &mut impl Io) {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
-        let Some(endpoint) = peer.endpoint else {
-            return;
-        };
-        if let TunnResult::WriteToNetwork(b) = peer.tunn.format_handshake_initiation(scratch, force)
-        {
-            io.send_udp(endpoint, b);
+        let out = &mut scratch[SEND_HEADER..];
+        if let Some(n) = written(peer.tunn.format_handshake_initiation(out, force)) {
+            transmit(peer, &mut self.relays, scratch, n, io);
         }
     }
 
@@ -290,11 +343,11 @@ impl Mesh {
         };
         let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
         peer.paths.on_data_tx(now);
-        match peer.tunn.encapsulate(packet, scratch) {
-            TunnResult::WriteToNetwork(b) => match peer.endpoint {
-                Some(ep) => io.send_udp(ep, b),
-                None => self.dropped(now, format_args!("peer {dst} has no endpoint yet")),
-            },
+        match peer.tunn.encapsulate(packet, &mut scratch[SEND_HEADER..]) {
+            TunnResult::WriteToNetwork(b) => {
+                let n = b.len();
+                transmit(peer, &mut self.relays, scratch, n, io);
+            }
             TunnResult::Err(e) => self.dropped(now, format_args!("encapsulate: {e:?}")),
             _ => {}
         }
@@ -462,6 +515,7 @@ impl Mesh {
             .iter()
             .flatten()
             .filter_map(|p| p.paths.poll_timeout())
+            .chain(self.relays.poll_timeout())
             .min()
     }
 
@@ -470,12 +524,26 @@ impl Mesh {
     pub fn handle_timeout(
         &mut self,
         now: Instant,
-        _scratch: &mut [u8],
+        scratch: &mut [u8],
         io: &mut impl Io,
         request_punch: &mut impl FnMut(PublicKey),
     ) {
+        match self
+            .relays
+            .handle_timeout(now, &mut |dst, d| io.send_udp(dst, d))
+        {
+            Some(HomeChange::Now(name)) => info!(relay = %name, "home relay"),
+            Some(HomeChange::Lost(name)) => {
+                warn!(relay = %name, "home relay lost; no relay answers")
+            }
+            None => {}
+        }
         let me = self.me;
-        for peer in self.slots.iter_mut().flatten() {
+        let has_relay = self.relays.home().is_some();
+        for slot in 0..self.slots.len() {
+            let Some(peer) = self.slots[slot].as_mut() else {
+                continue;
+            };
             let key = peer.info.public_key;
             let probe_key = &peer.probe_key;
             peer.paths.handle_timeout(now, &mut |action| match action {
@@ -487,6 +555,86 @@ impl Mesh {
                 }
                 PathAction::RequestPunch => request_punch(key),
             });
+            // Relay when no direct path works; go back to direct as soon as one does.
+            if peer.paths.best().is_some() {
+                peer.no_direct_since = None;
+                if peer.relayed {
+                    info!(peer = %peer.info.name, "direct path found: leaving the relay");
+                    peer.relayed = false;
+                }
+            } else {
+                let since = *peer.no_direct_since.get_or_insert(now);
+                let want = has_relay
+                    && peer.info.online
+                    && now.saturating_duration_since(since) >= RELAY_AFTER;
+                if want && !peer.relayed {
+                    peer.relayed = true;
+                    if !peer.session_alive() {
+                        self.initiate(slot, true, scratch, io);
+                    }
+                } else if !has_relay && peer.relayed {
+                    peer.relayed = false;
+                }
+            }
+        }
+    }
+
+    /// A relay frame (a bind answer or a delivered datagram) from `src`.
+    pub fn handle_relay_frame(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        frame: &[u8],
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) {
+        if !self.relays.is_relay(src) {
+            return self.dropped(now, format_args!("relay frame from a non-relay {src}"));
+        }
+        if frame_kind(frame) == Some(ControlKind::RelayBound) {
+            match self.relays.handle_bound(now, src, frame) {
+                Some(HomeChange::Now(name)) => info!(relay = %name, "home relay"),
+                Some(HomeChange::Lost(name)) => warn!(relay = %name, "home relay lost"),
+                None => {}
+            }
+            return;
+        }
+        let Some((from, payload)) = parse_deliver(frame) else {
+            return self.dropped(now, format_args!("malformed relay frame from {src}"));
+        };
+        let Some(&slot) = self.by_key.get(&from) else {
+            return self.dropped(now, format_args!("relayed datagram from an unknown key"));
+        };
+        let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
+        let out = &mut scratch[SEND_HEADER..];
+        match peer.tunn.decapsulate(None, payload, out) {
+            TunnResult::WriteToNetwork(b) => {
+                let n = b.len();
+                // The peer reached us through a relay: answer the same way.
+                if peer.paths.best().is_none() {
+                    peer.relayed = true;
+                }
+                let relays = &mut self.relays;
+                transmit(peer, relays, scratch, n, io);
+                while let Some(n) = written(peer.tunn.decapsulate(
+                    None,
+                    &[],
+                    &mut scratch[SEND_HEADER..],
+                )) {
+                    transmit(peer, relays, scratch, n, io);
+                }
+            }
+            TunnResult::WriteToTunnelV4(inner, inner_src) => {
+                if peer.paths.best().is_none() {
+                    peer.relayed = true;
+                }
+                if inner_src == peer.info.mesh_ip {
+                    io.write_tun(inner);
+                } else if self.drops.allow((now - self.epoch).as_millis() as u64) {
+                    debug!(peer = %peer.info.name, %inner_src, "dropped relayed inner packet with a spoofed source");
+                }
+            }
+            _ => {}
         }
     }
 
@@ -503,23 +651,28 @@ impl Mesh {
     pub fn tick(&mut self, now: Instant, scratch: &mut [u8], io: &mut impl Io) {
         self.rate_limiter.reset_count();
         for peer in self.slots.iter_mut().flatten() {
-            match peer.tunn.update_timers(scratch) {
-                TunnResult::WriteToNetwork(b) => {
-                    if let Some(ep) = peer.endpoint {
-                        io.send_udp(ep, b);
-                    }
-                }
-                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
-                _ => {}
+            if let Some(n) = written(peer.tunn.update_timers(&mut scratch[SEND_HEADER..])) {
+                transmit(peer, &mut self.relays, scratch, n, io);
             }
-            let alive = peer.path(now) == Path::Direct;
-            if alive != peer.up {
-                peer.up = alive;
-                let ep = peer.endpoint.map(|e| e.to_string()).unwrap_or_default();
-                if alive {
-                    info!(peer = %peer.info.name, mesh_ip = %peer.info.mesh_ip, endpoint = %ep, "peer up (direct)");
-                } else {
-                    info!(peer = %peer.info.name, "peer down (no working path)");
+            let path = peer.path(now);
+            if path != peer.reported {
+                peer.reported = path;
+                match path {
+                    Path::Direct => {
+                        let ep = peer.endpoint.map(|e| e.to_string()).unwrap_or_default();
+                        info!(peer = %peer.info.name, mesh_ip = %peer.info.mesh_ip, endpoint = %ep, "peer up (direct)");
+                    }
+                    Path::Relay => {
+                        let relay = self
+                            .relays
+                            .home()
+                            .map(|r| r.name.clone())
+                            .unwrap_or_default();
+                        info!(peer = %peer.info.name, mesh_ip = %peer.info.mesh_ip, %relay, "peer up (via relay)");
+                    }
+                    Path::Connecting => {
+                        info!(peer = %peer.info.name, "peer down (no working path)")
+                    }
                 }
             }
         }
@@ -542,10 +695,16 @@ impl Mesh {
             .flatten()
             .map(|p| {
                 let (last, tx, rx, _, _) = p.tunn.stats();
+                let path = p.path(now);
+                let relay = self.relays.home().filter(|_| path == Path::Relay);
                 PeerView {
                     info: p.info.clone(),
-                    path: p.path(now),
-                    endpoint: p.endpoint,
+                    path,
+                    endpoint: match relay {
+                        Some(r) => Some(r.addr),
+                        None => p.endpoint,
+                    },
+                    relay: relay.map(|r| r.name.clone()),
                     last_handshake: last,
                     rx_bytes: rx as u64,
                     tx_bytes: tx as u64,

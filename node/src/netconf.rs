@@ -21,8 +21,9 @@ const RULES: [(u32, &str); 3] = [
     (5260, "lookup main suppress_prefixlength 0"),
     (5270, "lookup 5252"),
 ];
-/// Room for WireGuard's 80 bytes of overhead on a 1500-byte IPv6 underlay.
-pub const MTU: u16 = 1420;
+/// Room on a 1500-byte path (PPPoE's 1492 too) for WireGuard's 32 bytes, a relay frame's 64
+/// and IPv4/UDP's 28: relayed packets must not fragment.
+pub const MTU: u16 = 1360;
 
 fn ip(args: &str) -> anyhow::Result<()> {
     let out = Command::new("ip")

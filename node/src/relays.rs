@@ -1,0 +1,403 @@
+//! The node's side of relaying, as a sans-IO state machine: it keeps a bound session with
+//! every relay the coordinator lists (a bind every 2 s to the home relay, every 10 s to the
+//! others, which also holds NAT mappings open), measures their round trips, picks the nearest
+//! live one as home, and seals frames for it. Binding to all relays means a peer can reach us
+//! through whichever relay is its own home.
+
+use lanmesh_proto::relay::{BindKey, FrameKey, BIND_LEN};
+use lanmesh_proto::PublicKey;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use x25519_dalek::StaticSecret;
+
+const HOME_BIND_INTERVAL: Duration = Duration::from_secs(2);
+const OTHER_BIND_INTERVAL: Duration = Duration::from_secs(10);
+/// A bind unanswered this long is a miss.
+const BIND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Misses in a row after which a relay counts as dead (its binds keep going, at 1 s).
+const MAX_MISSES: u32 = 2;
+/// Another relay must be this much nearer (ratio, percent) to take over as home.
+const SWITCH_PERCENT: u128 = 70;
+
+/// A relay as the coordinator lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayInfo {
+    pub name: String,
+    pub key: PublicKey,
+    pub addr: SocketAddr,
+}
+
+struct Session {
+    index: u32,
+    created: u64,
+    frames: FrameKey,
+    counter: u64,
+}
+
+struct Relay {
+    info: RelayInfo,
+    bind_key: BindKey,
+    pending: Option<(u64, Instant)>,
+    misses: u32,
+    session: Option<Session>,
+    rtt: Option<Duration>,
+    next_bind: Instant,
+}
+
+impl Relay {
+    fn alive(&self) -> bool {
+        self.session.is_some() && self.misses < MAX_MISSES
+    }
+}
+
+pub struct RelayClient {
+    secret: StaticSecret,
+    me: PublicKey,
+    relays: Vec<Relay>,
+    home: Option<usize>,
+    last_timestamp: u64,
+}
+
+/// What happened to the home relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HomeChange {
+    Now(String),
+    Lost(String),
+}
+
+impl RelayClient {
+    pub fn new(secret: StaticSecret) -> RelayClient {
+        let me = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
+        RelayClient {
+            secret,
+            me,
+            relays: Vec::new(),
+            home: None,
+            last_timestamp: 0,
+        }
+    }
+
+    /// Replaces the relay list (relays that stay keep their sessions).
+    pub fn set_relays(&mut self, now: Instant, list: Vec<RelayInfo>) {
+        let home_key = self.home.map(|i| self.relays[i].info.key);
+        let mut old: Vec<Relay> = std::mem::take(&mut self.relays);
+        for info in list {
+            match old.iter().position(|r| r.info.key == info.key) {
+                Some(i) if old[i].info.addr == info.addr => self.relays.push(old.swap_remove(i)),
+                _ => self.relays.push(Relay {
+                    bind_key: BindKey::derive(&self.secret, &self.me, &info.key),
+                    info,
+                    pending: None,
+                    misses: 0,
+                    session: None,
+                    rtt: None,
+                    next_bind: now,
+                }),
+            }
+        }
+        self.home = home_key.and_then(|k| self.relays.iter().position(|r| r.info.key == k));
+    }
+
+    pub fn is_relay(&self, addr: SocketAddr) -> bool {
+        self.relays.iter().any(|r| r.info.addr == addr)
+    }
+
+    /// The home relay's name and address, if one is alive.
+    pub fn home(&self) -> Option<&RelayInfo> {
+        self.home.map(|i| &self.relays[i].info)
+    }
+
+    /// Every relay with its round trip (None: not answering).
+    pub fn latencies(&self) -> Vec<(&RelayInfo, Option<Duration>)> {
+        self.relays
+            .iter()
+            .map(|r| (&r.info, r.alive().then_some(r.rtt).flatten()))
+            .collect()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.relays
+            .iter()
+            .map(|r| match r.pending {
+                Some((_, sent)) => (sent + BIND_TIMEOUT).min(r.next_bind),
+                None => r.next_bind,
+            })
+            .min()
+    }
+
+    /// Sends due binds and notices dead relays. Returns a change of home, if any.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        send: &mut impl FnMut(SocketAddr, &[u8]),
+    ) -> Option<HomeChange> {
+        for i in 0..self.relays.len() {
+            if let Some((_, sent)) = self.relays[i].pending {
+                if now >= sent + BIND_TIMEOUT {
+                    let r = &mut self.relays[i];
+                    r.pending = None;
+                    r.misses += 1;
+                    if r.misses >= MAX_MISSES {
+                        // Keep probing a dead relay every second so it comes back quickly.
+                        r.next_bind = r.next_bind.min(now);
+                    }
+                }
+            }
+            let interval = if self.home == Some(i) || !self.relays[i].alive() {
+                HOME_BIND_INTERVAL
+            } else {
+                OTHER_BIND_INTERVAL
+            };
+            if now >= self.relays[i].next_bind && self.relays[i].pending.is_none() {
+                let ts = self.fresh_timestamp();
+                let r = &mut self.relays[i];
+                let frame: [u8; BIND_LEN] = r.bind_key.bind(&self.me, ts, rand::random());
+                r.pending = Some((ts, now));
+                r.next_bind = now
+                    + if r.misses >= MAX_MISSES {
+                        BIND_TIMEOUT
+                    } else {
+                        interval
+                    };
+                send(r.info.addr, &frame);
+            }
+        }
+        self.choose_home()
+    }
+
+    fn fresh_timestamp(&mut self) -> u64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        self.last_timestamp = wall.max(self.last_timestamp + 1);
+        self.last_timestamp
+    }
+
+    /// A Bound answer from `src`. Returns a change of home, if any.
+    pub fn handle_bound(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        frame: &[u8],
+    ) -> Option<HomeChange> {
+        let i = self.relays.iter().position(|r| r.info.addr == src)?;
+        let r = &mut self.relays[i];
+        let bound = r.bind_key.open_bound(frame)?;
+        let (ts, sent) = r.pending?;
+        if bound.timestamp != ts {
+            return None;
+        }
+        r.pending = None;
+        r.misses = 0;
+        r.rtt = Some(now.saturating_duration_since(sent));
+        let same = r
+            .session
+            .as_ref()
+            .is_some_and(|s| s.index == bound.session && s.created == bound.created);
+        if !same {
+            r.session = Some(Session {
+                index: bound.session,
+                created: bound.created,
+                frames: r.bind_key.session_key(bound.created),
+                counter: 0,
+            });
+        }
+        self.choose_home()
+    }
+
+    fn choose_home(&mut self) -> Option<HomeChange> {
+        let best = (0..self.relays.len())
+            .filter(|&i| self.relays[i].alive())
+            .min_by_key(|&i| self.relays[i].rtt.unwrap_or(Duration::MAX));
+        let keep = match (self.home, best) {
+            (Some(h), Some(b)) if self.relays[h].alive() => {
+                let (hr, br) = (self.relays[h].rtt, self.relays[b].rtt);
+                match (hr, br) {
+                    (Some(hr), Some(br)) => br.as_micros() * 100 >= hr.as_micros() * SWITCH_PERCENT,
+                    _ => true,
+                }
+            }
+            _ => false,
+        };
+        if keep {
+            return None;
+        }
+        let old = self.home;
+        self.home = best;
+        match (old, best) {
+            (o, Some(b)) if o != Some(b) => Some(HomeChange::Now(self.relays[b].info.name.clone())),
+            (Some(o), None) => Some(HomeChange::Lost(self.relays[o].info.name.clone())),
+            _ => None,
+        }
+    }
+
+    /// Completes a Send frame to `to` through the home relay in `buf` (payload already at
+    /// `buf[SEND_HEADER..SEND_HEADER + payload_len]`). Returns where to send it and its length.
+    pub fn seal(
+        &mut self,
+        to: &PublicKey,
+        buf: &mut [u8],
+        payload_len: usize,
+    ) -> Option<(SocketAddr, usize)> {
+        let r = &mut self.relays[self.home?];
+        let s = r.session.as_mut()?;
+        s.counter += 1;
+        let n = s
+            .frames
+            .seal_send(s.index, s.counter, to, buf, payload_len)?;
+        Some((r.info.addr, n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanmesh_proto::relay::{bind_sender, Bound, SendFrame, SEND_HEADER};
+
+    const RELAY_SEEDS: [u8; 2] = [50, 51];
+
+    fn relay_info(i: usize) -> (RelayInfo, StaticSecret) {
+        let secret = StaticSecret::from([RELAY_SEEDS[i]; 32]);
+        let info = RelayInfo {
+            name: format!("r{i}"),
+            key: x25519_dalek::PublicKey::from(&secret).into(),
+            addr: SocketAddr::from(([203, 0, 113, 30 + i as u8], 3479)),
+        };
+        (info, secret)
+    }
+
+    /// Answers a bind the way relay `i` would.
+    fn answer(i: usize, bind: &[u8], session: u32) -> Vec<u8> {
+        let (info, secret) = relay_info(i);
+        let node = bind_sender(bind).unwrap();
+        let key = BindKey::derive(&secret, &info.key, &node);
+        let ts = key.open_bind(bind).unwrap();
+        key.bound(
+            &Bound {
+                timestamp: ts,
+                session,
+                created: ts,
+            },
+            [0; 12],
+        )
+        .to_vec()
+    }
+
+    fn client() -> RelayClient {
+        RelayClient::new(StaticSecret::from([1; 32]))
+    }
+
+    fn binds(c: &mut RelayClient, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut out = Vec::new();
+        c.handle_timeout(now, &mut |a, d| out.push((a, d.to_vec())));
+        out
+    }
+
+    #[test]
+    fn the_nearest_answering_relay_becomes_home() {
+        let t0 = Instant::now();
+        let mut c = client();
+        c.set_relays(t0, vec![relay_info(0).0, relay_info(1).0]);
+        let sent = binds(&mut c, t0);
+        assert_eq!(sent.len(), 2);
+        // r1 answers after 5 ms, r0 after 20 ms.
+        let change = c.handle_bound(
+            t0 + Duration::from_millis(5),
+            sent[1].0,
+            &answer(1, &sent[1].1, 7),
+        );
+        assert_eq!(change, Some(HomeChange::Now("r1".into())));
+        c.handle_bound(
+            t0 + Duration::from_millis(20),
+            sent[0].0,
+            &answer(0, &sent[0].1, 3),
+        );
+        assert_eq!(c.home().unwrap().name, "r1");
+        // Frames go to the home relay, with its session.
+        let mut buf = vec![0u8; 256];
+        let (dst, n) = c.seal(&PublicKey([9; 32]), &mut buf, 10).unwrap();
+        assert_eq!(dst, relay_info(1).0.addr);
+        let f = SendFrame::parse(&buf[..n]).unwrap();
+        assert_eq!((f.session, f.counter, f.to), (7, 1, PublicKey([9; 32])));
+        assert_eq!(n, SEND_HEADER + 10 + 16);
+    }
+
+    #[test]
+    fn a_dead_home_is_replaced_within_a_few_seconds() {
+        let t0 = Instant::now();
+        let mut c = client();
+        c.set_relays(t0, vec![relay_info(0).0, relay_info(1).0]);
+        let sent = binds(&mut c, t0);
+        c.handle_bound(
+            t0 + Duration::from_millis(5),
+            sent[0].0,
+            &answer(0, &sent[0].1, 1),
+        );
+        c.handle_bound(
+            t0 + Duration::from_millis(9),
+            sent[1].0,
+            &answer(1, &sent[1].1, 2),
+        );
+        assert_eq!(c.home().unwrap().name, "r0");
+        // r0 dies; r1 keeps answering.
+        let mut now = t0;
+        let mut lost_at = None;
+        while now < t0 + Duration::from_secs(20) {
+            now = c.poll_timeout().unwrap();
+            let mut out = Vec::new();
+            let change = c.handle_timeout(now, &mut |a, d| out.push((a, d.to_vec())));
+            if change.is_some() {
+                lost_at.get_or_insert(now);
+            }
+            for (a, d) in out {
+                if a == relay_info(1).0.addr {
+                    c.handle_bound(now, a, &answer(1, &d, 2));
+                }
+            }
+            if now >= t0 + Duration::from_millis(100)
+                && lost_at.is_none()
+                && c.home().unwrap().name == "r1"
+            {
+                lost_at = Some(now);
+            }
+            if lost_at.is_some() {
+                break;
+            }
+        }
+        assert_eq!(c.home().unwrap().name, "r1");
+        // Binds to the home go out every 2 s; two missed answers (1 s each) kill it.
+        assert!(
+            lost_at.unwrap() - t0 <= Duration::from_secs(5),
+            "{:?}",
+            lost_at.unwrap() - t0
+        );
+    }
+
+    #[test]
+    fn answers_must_match_the_pending_bind() {
+        let t0 = Instant::now();
+        let mut c = client();
+        c.set_relays(t0, vec![relay_info(0).0]);
+        let sent = binds(&mut c, t0);
+        // From the wrong address, or forged with another relay's key: ignored.
+        assert_eq!(
+            c.handle_bound(t0, relay_info(1).0.addr, &answer(0, &sent[0].1, 1)),
+            None
+        );
+        let (info0, _) = relay_info(0);
+        let (_, other_secret) = relay_info(1);
+        let node = bind_sender(&sent[0].1).unwrap();
+        let forged = BindKey::derive(&other_secret, &info0.key, &node).bound(
+            &Bound {
+                timestamp: 1,
+                session: 1,
+                created: 1,
+            },
+            [0; 12],
+        );
+        assert_eq!(c.handle_bound(t0, info0.addr, &forged), None);
+        assert!(c.home().is_none());
+        assert!(c.seal(&PublicKey([9; 32]), &mut [0u8; 256], 10).is_none());
+    }
+}
