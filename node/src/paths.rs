@@ -191,7 +191,15 @@ impl PathFinder {
                     out(PathAction::Ping { addr, tx });
                 }
             }
-            self.punch = (p.round < ROUNDS_MS.len()).then_some(p);
+            if p.round < ROUNDS_MS.len() {
+                self.punch = Some(p);
+            } else {
+                self.punch = None;
+                // A whole punch went by without a word from the path in use: it is gone.
+                if self.best.is_some() && self.last_rx_from_best.is_none_or(|t| t < p.started) {
+                    self.best = None;
+                }
+            }
         }
         if self.needs_punch(now) {
             self.last_punch_request = Some(now);
@@ -546,6 +554,36 @@ mod tests {
         f.network_changed(t1);
         assert_eq!(f.poll_timeout(), Some(t1));
         assert_eq!(pings(&run(&mut f, t1)).len(), 2);
+    }
+
+    #[test]
+    fn a_path_silent_through_a_whole_punch_is_given_up() {
+        let t0 = Instant::now();
+        let mut f = finder();
+        f.start_punch(t0);
+        let sent = pings(&run(&mut f, t0));
+        f.on_pong(t0, sent[1].0, sent[1].1).unwrap();
+        // Later the path dies: traffic goes unanswered, a punch runs, nothing answers.
+        let t1 = t0 + Duration::from_secs(30);
+        f.on_data_tx(t1);
+        assert!(run(&mut f, t1).contains(&PathAction::RequestPunch));
+        while let Some(at) = f.poll_timeout() {
+            run(&mut f, at);
+        }
+        assert_eq!(f.best(), None);
+        // Whereas a path that answers the punch stays.
+        let mut g = finder();
+        g.start_punch(t0);
+        let sent = pings(&run(&mut g, t0));
+        g.on_pong(t0, sent[1].0, sent[1].1).unwrap();
+        g.network_changed(t1);
+        let again = pings(&run(&mut g, t1));
+        let to_best = again.iter().find(|(a, _)| *a == sent[1].0).unwrap();
+        g.on_pong(t1, to_best.0, to_best.1);
+        while let Some(at) = g.poll_timeout() {
+            run(&mut g, at);
+        }
+        assert_eq!(g.best().map(|b| b.addr), Some(sent[1].0));
     }
 
     #[test]
