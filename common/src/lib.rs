@@ -27,6 +27,32 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
+/// Runs a binary's command and turns an error into one `error: ...` line and exit code 1.
+pub fn exit_on_error(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// This machine's hostname, or `fallback`.
+pub fn hostname(fallback: &str) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| fallback.into())
+}
+
+/// Parses a join key given with --auth-key (or a config file), if one was.
+pub fn parse_auth_key(text: Option<String>) -> anyhow::Result<Option<lanmesh_proto::JoinKey>> {
+    text.map(|t| {
+        t.parse()
+            .map_err(|e| anyhow::anyhow!("bad --auth-key: {e}"))
+    })
+    .transpose()
+}
+
 /// Reads a TOML config file. Errors name the file and, for syntax errors, the line.
 pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
     let Some(path) = path else {

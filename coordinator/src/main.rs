@@ -12,7 +12,7 @@ mod control_tests;
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
-use lanmesh_common::{init_logging, load_config, parse_duration, unix_ms};
+use lanmesh_common::{exit_on_error, init_logging, load_config, parse_duration, unix_ms};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -107,10 +107,7 @@ enum NodesCommand {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    exit_on_error(run(cli));
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

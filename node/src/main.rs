@@ -14,8 +14,8 @@ mod mesh_tests;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use lanmesh_common::state_dir::StateDir;
-use lanmesh_common::{init_logging, load_config};
-use lanmesh_proto::{JoinKey, DEFAULT_NODE_PORT};
+use lanmesh_common::{exit_on_error, hostname, init_logging, load_config, parse_auth_key};
+use lanmesh_proto::DEFAULT_NODE_PORT;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -119,16 +119,7 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/lanmesh";
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    if let Err(e) = run(cli.command) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "node".into())
+    exit_on_error(run(cli.command));
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -138,13 +129,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let Some(coordinator) = args.coordinator.or(cfg.coordinator) else {
                 bail!("say which coordinator to join: node up --coordinator HOST[:PORT]");
             };
-            let auth_key = match args.auth_key.or(cfg.auth_key) {
-                Some(text) => Some(
-                    text.parse::<JoinKey>()
-                        .map_err(|e| anyhow::anyhow!("bad --auth-key: {e}"))?,
-                ),
-                None => None,
-            };
+            let auth_key = parse_auth_key(args.auth_key.or(cfg.auth_key))?;
             let interface = args
                 .interface
                 .or(cfg.interface)
@@ -162,7 +147,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let opts = daemon::UpOptions {
                 coordinator,
                 auth_key,
-                name: args.name.or(cfg.name).unwrap_or_else(hostname),
+                name: args.name.or(cfg.name).unwrap_or_else(|| hostname("node")),
                 state: StateDir::new(
                     args.dir.state_dir.or(cfg.state_dir),
                     DEFAULT_STATE_DIR,

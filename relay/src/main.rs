@@ -9,7 +9,7 @@ mod forwarder_tests;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use lanmesh_common::state_dir::StateDir;
-use lanmesh_common::{init_logging, load_config};
+use lanmesh_common::{exit_on_error, hostname, init_logging, load_config, parse_auth_key};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,16 +101,7 @@ struct RelayConfig {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    if let Err(e) = run(cli.command) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "relay".into())
+    exit_on_error(run(cli.command));
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -120,13 +111,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let Some(coordinator) = args.coordinator.or(cfg.coordinator) else {
                 bail!("say which coordinator to serve: relay serve --coordinator HOST[:PORT]");
             };
-            let auth_key = match args.auth_key.or(cfg.auth_key) {
-                Some(text) => Some(
-                    text.parse()
-                        .map_err(|e| anyhow::anyhow!("bad --auth-key: {e}"))?,
-                ),
-                None => None,
-            };
+            let auth_key = parse_auth_key(args.auth_key.or(cfg.auth_key))?;
             let mbps = args.rate_limit_mbps.or(cfg.rate_limit_mbps).unwrap_or(2000);
             if mbps == 0 {
                 bail!("--rate-limit-mbps must be at least 1");
@@ -138,7 +123,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
                 coordinator,
                 auth_key,
-                name: args.name.or(cfg.name).unwrap_or_else(hostname),
+                name: args.name.or(cfg.name).unwrap_or_else(|| hostname("relay")),
                 state: StateDir::new(
                     args.dir.state_dir.or(cfg.state_dir),
                     DEFAULT_STATE_DIR,
