@@ -9,6 +9,11 @@ use std::path::Path;
 pub enum Request {
     Status,
     Down,
+    /// One path-level ping to a peer (by name or mesh IP).
+    Ping {
+        peer: String,
+    },
+    Netcheck,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -16,6 +21,45 @@ pub enum Request {
 pub enum Response {
     Status(Status),
     GoingDown,
+    Pong(PingResult),
+    Netcheck(Netcheck),
+    /// The request could not be done; the text says why and what to do.
+    Error(String),
+}
+
+/// One `node ping` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PingResult {
+    pub peer: String,
+    pub mesh_ip: String,
+    /// "direct IP:PORT" or "via relay NAME".
+    pub via: String,
+    pub direct: bool,
+    /// None: no answer within 2 s.
+    pub rtt_ms: Option<f64>,
+}
+
+/// What `node netcheck --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Netcheck {
+    /// Whether UDP works at all (the coordinator or a STUN server answered).
+    pub udp: bool,
+    /// Every public endpoint this node was seen at.
+    pub public_endpoints: Vec<String>,
+    /// Who saw which endpoint.
+    pub seen_by: Vec<SeenBy>,
+    /// Whether different destinations saw different public endpoints (symmetric NAT).
+    pub mapping_varies_by_destination: bool,
+    /// False when fewer than two destinations answered (the answer above is then a guess).
+    pub mapping_known: bool,
+    pub relays: Vec<RelayStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeenBy {
+    /// "coordinator", or the STUN server's address.
+    pub server: String,
+    pub endpoint: String,
 }
 
 /// What `node status --json` prints.

@@ -1,8 +1,10 @@
 //! `node up`: the tokio driver. It owns the UDP socket, the TUN device, the timers and the
 //! local control socket, and feeds them to the sans-IO [`ControlClient`] and [`Mesh`].
 
-use crate::api::{PeerStatus, RelayStatus, Request, Response, Status};
-use crate::mesh::{Io, Mesh, SCRATCH_LEN};
+use crate::api::{
+    Netcheck, PeerStatus, PingResult, RelayStatus, Request, Response, SeenBy, Status,
+};
+use crate::mesh::{Io, Mesh, Via, SCRATCH_LEN};
 use crate::netconf;
 use crate::relays::RelayInfo;
 use crate::stun_client::StunClient;
@@ -19,7 +21,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 pub struct UpOptions {
@@ -168,10 +170,12 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             Err(e) => warn!("cannot resolve STUN server {server}: {e}; not using it"),
         }
     }
-    let mut stun = StunClient::new(stun_servers, epoch, rand::random());
+    let mut stun = StunClient::new(stun_servers.clone(), epoch, rand::random());
     let mut reported_varies = None;
     let mut next_local_scan = epoch + LOCAL_ENDPOINTS_INTERVAL;
     let mut punch_requests: Vec<PublicKey> = Vec::new();
+    let mut pings: Vec<PendingPing> = Vec::new();
+    let mut netchecks: Vec<(oneshot::Sender<Response>, Instant)> = Vec::new();
     let mut identity: Option<Identity> = None;
     let mut tun: Option<tun_rs::AsyncDevice> = None;
 
@@ -250,6 +254,11 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                         })
                         .collect();
                     mesh.set_relays(Instant::now(), relays);
+                    // Relays answer STUN: with the coordinator they are the two destinations
+                    // that tell whether our NAT mapping varies by destination.
+                    let mut servers = stun_servers.clone();
+                    servers.extend(mesh.relay_addrs());
+                    stun.set_servers(servers);
                     let joined = mesh.apply_peer_map(Instant::now(), peers, &mut scratch, &mut io);
                     punch_requests.extend(joined);
                 }
@@ -283,12 +292,16 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 info!("our NAT keeps one public endpoint for all destinations (punchable)");
             }
         }
+        answer_pings(&mut pings, &mut mesh);
+        answer_netchecks(&mut netchecks, &stun, &control, &mesh);
         let wake = [
             control.poll_timeout(),
             mesh.poll_timeout(),
             stun.poll_timeout(),
         ]
         .into_iter()
+        .chain(pings.iter().map(|p| Some(p.deadline)))
+        .chain(netchecks.iter().map(|n| Some(n.1)))
         .flatten()
         .min()
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -355,6 +368,19 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     info!("`node down` asked this daemon to stop");
                     break Ok(());
                 }
+                Request::Ping { peer } => {
+                    let now = Instant::now();
+                    let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
+                    match mesh.ping(now, &peer, &mut scratch, &mut io) {
+                        Ok((tx, name, via)) => pings.push(PendingPing { tx, name, via, reply, deadline: now + PING_TIMEOUT }),
+                        Err(e) => { let _ = reply.send(Response::Error(e.to_string())); }
+                    }
+                }
+                Request::Netcheck => {
+                    let now = Instant::now();
+                    stun.refresh(now);
+                    netchecks.push((reply, now + NETCHECK_WAIT));
+                }
             },
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
@@ -376,6 +402,97 @@ fn cleanup(state: &StateDir, tun: Option<tun_rs::AsyncDevice>) -> anyhow::Result
     }
     let _ = std::fs::remove_file(state.socket());
     Ok(())
+}
+
+/// How long `node ping` waits for an answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `node netcheck` gives STUN servers to answer.
+const NETCHECK_WAIT: Duration = Duration::from_millis(1500);
+
+struct PendingPing {
+    tx: lanmesh_proto::probe::Transaction,
+    name: String,
+    via: Via,
+    reply: oneshot::Sender<Response>,
+    deadline: Instant,
+}
+
+/// Sends `node ping` answers that arrived, and timeouts for those that did not.
+fn answer_pings(pings: &mut Vec<PendingPing>, mesh: &mut Mesh) {
+    let replies = mesh.take_ping_replies();
+    let now = Instant::now();
+    let mut i = 0;
+    while i < pings.len() {
+        let reply = replies.iter().find(|r| r.tx == pings[i].tx);
+        if reply.is_none() && now < pings[i].deadline {
+            i += 1;
+            continue;
+        }
+        let p = pings.swap_remove(i);
+        let via = reply.map(|r| r.via.clone()).unwrap_or(p.via);
+        let mesh_ip = mesh
+            .peers(now)
+            .into_iter()
+            .find(|v| v.info.name == p.name)
+            .map(|v| v.info.mesh_ip.to_string())
+            .unwrap_or_default();
+        let _ = p.reply.send(Response::Pong(PingResult {
+            peer: p.name,
+            mesh_ip,
+            direct: matches!(via, Via::Direct(_)),
+            via: via.to_string(),
+            rtt_ms: reply.map(|r| r.rtt.as_secs_f64() * 1000.0),
+        }));
+    }
+}
+
+/// Answers `node netcheck`s whose STUN wait is over.
+fn answer_netchecks(
+    netchecks: &mut Vec<(oneshot::Sender<Response>, Instant)>,
+    stun: &StunClient,
+    control: &ControlClient,
+    mesh: &Mesh,
+) {
+    let now = Instant::now();
+    let (due, waiting): (Vec<_>, Vec<_>) = netchecks.drain(..).partition(|(_, at)| now >= *at);
+    *netchecks = waiting;
+    for (reply, _) in due {
+        let mut seen_by: Vec<SeenBy> = control
+            .public_endpoint()
+            .map(|e| SeenBy {
+                server: "coordinator".into(),
+                endpoint: e.to_string(),
+            })
+            .into_iter()
+            .collect();
+        seen_by.extend(stun.mapped().map(|(server, e)| SeenBy {
+            server: server.to_string(),
+            endpoint: e.to_string(),
+        }));
+        let mut public_endpoints: Vec<String> =
+            seen_by.iter().map(|s| s.endpoint.clone()).collect();
+        public_endpoints.sort();
+        public_endpoints.dedup();
+        let varies = stun.mapping_varies(control.public_endpoint());
+        let _ = reply.send(Response::Netcheck(Netcheck {
+            udp: !seen_by.is_empty(),
+            public_endpoints,
+            seen_by,
+            mapping_varies_by_destination: varies.unwrap_or(false),
+            mapping_known: varies.is_some(),
+            relays: relay_statuses(mesh),
+        }));
+    }
+}
+
+fn relay_statuses(mesh: &Mesh) -> Vec<RelayStatus> {
+    mesh.relay_latencies()
+        .into_iter()
+        .map(|(name, rtt)| RelayStatus {
+            name,
+            latency_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+        })
+        .collect()
 }
 
 fn is_probe(datagram: &[u8]) -> bool {
@@ -404,14 +521,7 @@ fn status(
         coordinator_connected: control.is_connected(),
         public_endpoint: control.public_endpoint().map(|e| e.to_string()),
         mapping_varies_by_destination: mapping_varies,
-        relays: mesh
-            .relay_latencies()
-            .into_iter()
-            .map(|(name, rtt)| RelayStatus {
-                name,
-                latency_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
-            })
-            .collect(),
+        relays: relay_statuses(mesh),
         peers: mesh
             .peers(Instant::now())
             .into_iter()

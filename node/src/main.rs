@@ -50,6 +50,27 @@ enum Command {
         #[command(flatten)]
         dir: StateDirArg,
     },
+    /// Ping a peer over the mesh path (direct or relayed) and show how it was reached.
+    Ping {
+        /// The peer's name or mesh IP.
+        peer: String,
+        /// How many pings to send [default: 4].
+        #[arg(short = 'c', long = "count", value_name = "N", default_value_t = 4)]
+        count: u32,
+        /// Stop as soon as a reply comes over a direct path (and fail if none does).
+        #[arg(long)]
+        until_direct: bool,
+        #[command(flatten)]
+        dir: StateDirArg,
+    },
+    /// Check this node's network: UDP, public endpoints, NAT behaviour, relay latencies.
+    Netcheck {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: StateDirArg,
+    },
     /// Show this node and its peers.
     Status {
         /// Print JSON instead of a table.
@@ -184,6 +205,31 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             bail!("the node daemon did not stop within 5 s")
         }
+        Command::Ping {
+            peer,
+            count,
+            until_direct,
+            dir,
+        } => ping(
+            &StateDir::new(dir.state_dir, DEFAULT_STATE_DIR, "node"),
+            &peer,
+            count,
+            until_direct,
+        ),
+        Command::Netcheck { json, dir } => {
+            let state = StateDir::new(dir.state_dir, DEFAULT_STATE_DIR, "node");
+            let report = match api::call(&state.socket(), &api::Request::Netcheck)? {
+                api::Response::Netcheck(n) => n,
+                api::Response::Error(e) => bail!("{e}"),
+                _ => bail!("unexpected answer from the daemon"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_netcheck(&report);
+            }
+            Ok(())
+        }
         Command::Status { json, dir } => {
             let state = StateDir::new(dir.state_dir, DEFAULT_STATE_DIR, "node");
             let api::Response::Status(status) = api::call(&state.socket(), &api::Request::Status)?
@@ -196,6 +242,65 @@ fn run(command: Command) -> anyhow::Result<()> {
                 print_status(&status);
             }
             Ok(())
+        }
+    }
+}
+
+fn ping(state: &StateDir, peer: &str, count: u32, until_direct: bool) -> anyhow::Result<()> {
+    let mut answered = 0;
+    for i in 0..count.max(1) {
+        if i > 0 {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let request = api::Request::Ping {
+            peer: peer.to_string(),
+        };
+        let r = match api::call(&state.socket(), &request)? {
+            api::Response::Pong(r) => r,
+            api::Response::Error(e) => bail!("{e}"),
+            _ => bail!("unexpected answer from the daemon"),
+        };
+        match r.rtt_ms {
+            Some(ms) => {
+                answered += 1;
+                println!(
+                    "pong from {} ({}) {} in {ms:.2} ms",
+                    r.peer, r.mesh_ip, r.via
+                );
+                if until_direct && r.direct {
+                    return Ok(());
+                }
+            }
+            None => println!("timeout from {} ({}) {}", r.peer, r.mesh_ip, r.via),
+        }
+    }
+    if answered == 0 {
+        bail!("no reply from {peer}");
+    }
+    if until_direct {
+        bail!("{peer} answered, but not over a direct path");
+    }
+    Ok(())
+}
+
+fn print_netcheck(n: &api::Netcheck) {
+    println!("UDP:            {}", if n.udp { "yes" } else { "no" });
+    for s in &n.seen_by {
+        println!("public endpoint {} (seen by {})", s.endpoint, s.server);
+    }
+    let mapping = match (n.mapping_known, n.mapping_varies_by_destination) {
+        (false, _) => "unknown (needs a relay or a --stun server besides the coordinator)",
+        (true, true) => "varies by destination (symmetric NAT: direct paths need a cone NAT on the other side; relays cover the rest)",
+        (true, false) => "the same for every destination (hole punching works)",
+    };
+    println!("NAT mapping:    {mapping}");
+    if n.relays.is_empty() {
+        println!("relays:         none listed by the coordinator");
+    }
+    for r in &n.relays {
+        match r.latency_ms {
+            Some(ms) => println!("relay {:<16} {ms:.1} ms", r.name),
+            None => println!("relay {:<16} not answering", r.name),
         }
     }
 }

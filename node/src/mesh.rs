@@ -15,7 +15,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use lanmesh_proto::header::ControlKind;
 use lanmesh_proto::log_limit::LogLimit;
 use lanmesh_proto::messages::{Candidates, PeerInfo};
-use lanmesh_proto::probe::{self, Probe, ProbeKey};
+use lanmesh_proto::probe::{self, Probe, ProbeKey, Transaction};
 use lanmesh_proto::relay::{frame_kind, parse_deliver, SEND_HEADER};
 use lanmesh_proto::PublicKey;
 use std::collections::HashMap;
@@ -128,6 +128,48 @@ fn written(r: TunnResult) -> Option<usize> {
     }
 }
 
+/// How a `node ping` travelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    Direct(SocketAddr),
+    Relay(String),
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Via::Direct(addr) => write!(f, "direct {addr}"),
+            Via::Relay(name) => write!(f, "via relay {name}"),
+        }
+    }
+}
+
+/// The answer to a `node ping`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PingReply {
+    pub tx: Transaction,
+    pub via: Via,
+    pub rtt: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PingError {
+    #[error("no peer is called {0:?} or has that mesh IP: see `node status`")]
+    UnknownPeer(String),
+    #[error("no path to {0} yet (no direct path and no relay answering); try again in a moment")]
+    NoPath(String),
+}
+
+struct UserPing {
+    tx: Transaction,
+    slot: usize,
+    sent_at: Instant,
+    via: Via,
+}
+
+/// `node ping`s remembered while waiting for their pongs.
+const MAX_USER_PINGS: usize = 64;
+
 /// A snapshot of one peer for `node status`.
 #[derive(Debug, Clone)]
 pub struct PeerView {
@@ -152,6 +194,8 @@ pub struct Mesh {
     by_key: HashMap<PublicKey, usize>,
     by_ip: HashMap<Ipv4Addr, usize>,
     relays: RelayClient,
+    user_pings: Vec<UserPing>,
+    ping_replies: Vec<PingReply>,
     drops: LogLimit,
     epoch: Instant,
 }
@@ -170,6 +214,8 @@ impl Mesh {
             generations: Vec::new(),
             by_key: HashMap::new(),
             by_ip: HashMap::new(),
+            user_pings: Vec::new(),
+            ping_replies: Vec::new(),
             drops: LogLimit::new(5),
             epoch: now,
         }
@@ -178,6 +224,11 @@ impl Mesh {
     /// The relays the coordinator lists.
     pub fn set_relays(&mut self, now: Instant, relays: Vec<RelayInfo>) {
         self.relays.set_relays(now, relays);
+    }
+
+    /// Where the relays listen (they answer STUN too).
+    pub fn relay_addrs(&self) -> Vec<SocketAddr> {
+        self.relays.infos().map(|r| r.addr).collect()
     }
 
     pub fn relay_latencies(&self) -> Vec<(String, Option<Duration>)> {
@@ -444,6 +495,19 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) {
+        self.probe_from(now, src, None, datagram, scratch, io);
+    }
+
+    /// A probe that came directly from `src`, or through the relay at `relay`.
+    fn probe_from(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        relay: Option<SocketAddr>,
+        datagram: &[u8],
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) {
         let Some(sender) = probe::sender(datagram) else {
             return self.dropped(now, format_args!("malformed probe from {src}"));
         };
@@ -460,10 +524,39 @@ impl Mesh {
                 let pong =
                     peer.probe_key
                         .seal(&me, &Probe::Pong { tx, observed: src }, rand::random());
-                io.send_udp(src, &pong);
-                peer.paths.on_ping(now, src);
+                match relay {
+                    None => {
+                        io.send_udp(src, &pong);
+                        peer.paths.on_ping(now, src);
+                    }
+                    Some(_) => {
+                        // Answer the way it came: through the relay.
+                        scratch[SEND_HEADER..SEND_HEADER + pong.len()].copy_from_slice(&pong);
+                        if let Some((dst, len)) =
+                            self.relays.seal(&peer.info.public_key, scratch, pong.len())
+                        {
+                            io.send_udp(dst, &scratch[..len]);
+                        }
+                    }
+                }
             }
             Probe::Pong { tx, observed } => {
+                if let Some(i) = self
+                    .user_pings
+                    .iter()
+                    .position(|p| p.tx == tx && p.slot == slot)
+                {
+                    let ping = self.user_pings.swap_remove(i);
+                    self.ping_replies.push(PingReply {
+                        tx,
+                        via: ping.via,
+                        rtt: now.saturating_duration_since(ping.sent_at),
+                    });
+                    return;
+                }
+                if relay.is_some() {
+                    return; // Path probes only ever go direct.
+                }
                 let Some(won) = peer.paths.on_pong(now, src, tx) else {
                     return;
                 };
@@ -482,6 +575,70 @@ impl Mesh {
                 }
             }
         }
+    }
+
+    /// Sends a `node ping` to `target` (a name or mesh IP) over its current path. Also counts
+    /// as traffic waiting, so a peer without a direct path gets a punch.
+    pub fn ping(
+        &mut self,
+        now: Instant,
+        target: &str,
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) -> Result<(Transaction, String, Via), PingError> {
+        let slot = self
+            .slots
+            .iter()
+            .position(|p| {
+                p.as_ref()
+                    .is_some_and(|p| p.info.name == target || p.info.mesh_ip.to_string() == target)
+            })
+            .ok_or_else(|| PingError::UnknownPeer(target.to_string()))?;
+        let me = self.me;
+        let peer = self.slots[slot].as_mut().expect("found above");
+        peer.paths.on_data_tx(now);
+        let tx: Transaction = rand::random();
+        let ping = peer
+            .probe_key
+            .seal(&me, &Probe::Ping { tx }, rand::random());
+        let name = peer.info.name.clone();
+        let via = if peer.relayed {
+            scratch[SEND_HEADER..SEND_HEADER + ping.len()].copy_from_slice(&ping);
+            let (dst, len) = self
+                .relays
+                .seal(&peer.info.public_key, scratch, ping.len())
+                .ok_or_else(|| PingError::NoPath(name.clone()))?;
+            io.send_udp(dst, &scratch[..len]);
+            let relay = self
+                .relays
+                .home()
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            Via::Relay(relay)
+        } else {
+            let ep = peer
+                .paths
+                .best()
+                .map(|b| b.addr)
+                .ok_or_else(|| PingError::NoPath(name.clone()))?;
+            io.send_udp(ep, &ping);
+            Via::Direct(ep)
+        };
+        if self.user_pings.len() >= MAX_USER_PINGS {
+            self.user_pings.remove(0);
+        }
+        self.user_pings.push(UserPing {
+            tx,
+            slot,
+            sent_at: now,
+            via: via.clone(),
+        });
+        Ok((tx, name, via))
+    }
+
+    /// Answers to `node ping`s that arrived since the last call.
+    pub fn take_ping_replies(&mut self) -> Vec<PingReply> {
+        std::mem::take(&mut self.ping_replies)
     }
 
     /// The coordinator says: probe `key` at these candidates now.
@@ -602,6 +759,12 @@ impl Mesh {
         let Some((from, payload)) = parse_deliver(frame) else {
             return self.dropped(now, format_args!("malformed relay frame from {src}"));
         };
+        if probe::sender(payload).is_some() {
+            if probe::sender(payload) != Some(from) {
+                return self.dropped(now, format_args!("relayed probe from another key"));
+            }
+            return self.probe_from(now, src, Some(src), payload, scratch, io);
+        }
         let Some(&slot) = self.by_key.get(&from) else {
             return self.dropped(now, format_args!("relayed datagram from an unknown key"));
         };

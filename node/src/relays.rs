@@ -98,6 +98,10 @@ impl RelayClient {
         self.home = home_key.and_then(|k| self.relays.iter().position(|r| r.info.key == k));
     }
 
+    pub fn infos(&self) -> impl Iterator<Item = &RelayInfo> {
+        self.relays.iter().map(|r| &r.info)
+    }
+
     pub fn is_relay(&self, addr: SocketAddr) -> bool {
         self.relays.iter().any(|r| r.info.addr == addr)
     }

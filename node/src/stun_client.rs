@@ -41,6 +41,23 @@ impl StunClient {
         }
     }
 
+    /// Replaces the servers (answers from servers that stay are kept).
+    pub fn set_servers(&mut self, servers: Vec<SocketAddr>) {
+        self.mapped.retain(|s, _| servers.contains(s));
+        self.pending.retain(|s, _| servers.contains(s));
+        self.servers = servers;
+    }
+
+    /// Asks every server again now.
+    pub fn refresh(&mut self, now: Instant) {
+        self.next_round = now;
+    }
+
+    /// Where each server saw us.
+    pub fn mapped(&self) -> impl Iterator<Item = (&SocketAddr, &SocketAddr)> {
+        self.mapped.iter()
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.servers.is_empty() {
             return None;
