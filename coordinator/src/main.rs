@@ -75,8 +75,10 @@ enum KeysCommand {
         #[command(flatten)]
         dir: DataDirArg,
     },
-    /// Revoke a join key by its id (from `keys list`).
+    /// Revoke a join key: nodes that have not joined with it yet cannot any more.
     Revoke {
+        /// The key itself (lmk1-...) or its id from `keys list`.
+        #[arg(value_name = "KEY|ID")]
         id: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -189,7 +191,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(KeysCommand::Revoke { id, dir }) => {
             let dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
-            match dd.store.revoke_key(id.trim())? {
+            let id = match id.trim().parse::<lanmesh_proto::JoinKey>() {
+                Ok(key) => lanmesh_proto::join_key::hex_id(&key.secret.id),
+                Err(_) => id.trim().to_lowercase(),
+            };
+            match dd.store.revoke_key(&id)? {
                 0 => bail!("no join key with id {id}: see `coordinator keys list`"),
                 _ => println!("revoked join key {id}"),
             }
