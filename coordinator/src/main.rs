@@ -158,7 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let now = unix_ms();
             println!(
-                "{:<18} {:<9} {:<6} {:<10} STATE",
+                "{:<18} {:<10} {:<6} {:<10} STATE",
                 "ID", "KIND", "USES", "EXPIRES"
             );
             for k in keys {
