@@ -69,6 +69,8 @@ pub struct Settings {
     /// Admit new nodes without a join key.
     pub open: bool,
     pub heartbeat_secs: u16,
+    /// A second port answering STUN, told to nodes.
+    pub stun_port: Option<u16>,
 }
 
 /// How long a node's last-seen time may go unsaved.
@@ -316,6 +318,7 @@ impl<S: Store> ControlServer<S> {
                     heartbeat_secs: self.settings.heartbeat_secs,
                     map_version: self.registry.map_version(),
                     endpoint: src,
+                    stun_port: self.settings.stun_port,
                 }
             }
             Err((reason, message)) => {

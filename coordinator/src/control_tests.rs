@@ -23,6 +23,7 @@ fn server(store: SqliteStore, open: bool) -> ControlServer<SqliteStore> {
         Settings {
             open,
             heartbeat_secs: 15,
+            stun_port: None,
         },
         1000,
     )

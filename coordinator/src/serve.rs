@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use ipnet::Ipv4Net;
 use lanmesh_common::unix_ms;
-use lanmesh_proto::{DEFAULT_COORDINATOR_PORT, DEFAULT_NETWORK};
+use lanmesh_proto::{stun, DEFAULT_COORDINATOR_PORT, DEFAULT_NETWORK};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Show nodes as offline after this many seconds of silence [default: 60].
     #[arg(long, value_name = "SECS")]
     pub offline_after: Option<u64>,
+    /// A second UDP port answering STUN, so nodes can tell whether their NAT mapping varies by
+    /// destination; 0 for none [default: the listen port + 2].
+    #[arg(long, value_name = "PORT")]
+    pub stun_port: Option<u16>,
     /// TOML config file; flags given on the command line win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -47,6 +51,7 @@ pub struct ServeConfig {
     network: Option<Ipv4Net>,
     open: Option<bool>,
     offline_after_secs: Option<u64>,
+    stun_port: Option<u16>,
 }
 
 pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
@@ -66,6 +71,11 @@ pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
     if offline_after < 4 {
         bail!("--offline-after must be at least 4 seconds");
     }
+    let stun_port = match args.stun_port.or(config.stun_port) {
+        Some(0) => None,
+        Some(p) => Some(p),
+        None => listen.port().checked_add(2),
+    };
     let data_dir = args.dir.data_dir.or(config.data_dir);
     let dd = DataDir::open(data_dir.as_deref(), Some(network))?;
 
@@ -73,16 +83,22 @@ pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(dd, listen, network, open, offline_after))
+    let settings = Settings {
+        open,
+        heartbeat_secs: (offline_after / 4).clamp(1, 10) as u16,
+        stun_port,
+    };
+    runtime.block_on(serve(dd, listen, network, settings, offline_after))
 }
 
 async fn serve(
     dd: DataDir,
     listen: SocketAddr,
     network: Ipv4Net,
-    open: bool,
+    settings: Settings,
     offline_after: u64,
 ) -> anyhow::Result<()> {
+    let open = settings.open;
     let socket = UdpSocket::bind(listen).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
             "UDP {listen} is already in use (another coordinator?): stop it or pick another \
@@ -105,13 +121,20 @@ async fn serve(
     };
     print_banner(&dd, listen, network, open, fresh_key.as_ref());
 
-    // A node that heartbeats at a quarter of the offline timeout misses three beats first.
-    let heartbeat_secs = (offline_after / 4).clamp(1, 10) as u16;
-    let registry = Registry::new(network, offline_after * 1000);
-    let settings = Settings {
-        open,
-        heartbeat_secs,
+    let second_stun = match settings.stun_port {
+        Some(port) => Some(
+            UdpSocket::bind(SocketAddr::new(listen.ip(), port))
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen for STUN on UDP port {port}: {e} (pick another with \
+                         --stun-port, or 0 for none)"
+                    )
+                })?,
+        ),
+        None => None,
     };
+    let registry = Registry::new(network, offline_after * 1000);
     let mut core = ControlServer::new(dd.private, dd.store, registry, settings, rand::random())
         .context("cannot load nodes from the database")?;
     info!(nodes = core.registry().len(), "coordinator ready");
@@ -120,6 +143,7 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut store_poll = tokio::time::interval(Duration::from_millis(250));
     let mut buf = vec![0u8; 2048];
+    let mut stun_buf = [0u8; 576];
     loop {
         while let Some(t) = core.poll_transmit() {
             if let Err(e) = socket.send_to(&t.payload, t.dst).await {
@@ -135,6 +159,13 @@ async fn serve(
                 Ok((n, src)) => core.handle_datagram(unix_ms(), src, &buf[..n]),
                 Err(e) => warn!("receive failed: {e}"),
             },
+            r = recv_stun(second_stun.as_ref(), &mut stun_buf) => {
+                if let (Ok((n, src)), Some(socket)) = (r, second_stun.as_ref()) {
+                    if let Some(answer) = stun_answer(src, &stun_buf[..n]) {
+                        let _ = socket.try_send_to(&answer.0[..answer.1], src);
+                    }
+                }
+            }
             _ = tokio::time::sleep(wake) => core.handle_timeout(unix_ms()),
             _ = store_poll.tick() => core.handle_store_change(unix_ms()),
             _ = sigterm.recv() => break,
@@ -143,6 +174,27 @@ async fn serve(
     }
     info!("coordinator stopped");
     Ok(())
+}
+
+/// Receives on the second STUN socket, if there is one (else waits forever).
+async fn recv_stun(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer to a STUN Binding request, when it is one and the answer is no larger.
+fn stun_answer(src: SocketAddr, request: &[u8]) -> Option<([u8; 64], usize)> {
+    let stun::Message::BindingRequest(tx) = stun::parse(request)? else {
+        return None;
+    };
+    let mut out = [0u8; 64];
+    let n = stun::write_success(&tx, src, request.len(), &mut out)?;
+    Some((out, n))
 }
 
 fn print_banner(

@@ -205,10 +205,20 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 }
                 Event::Registered {
                     name,
-                    mesh,
+                    mesh: address,
                     endpoint,
+                    coordinator_stun,
                 } => {
-                    let Some(MeshAddress { ip: mesh_ip, network }) = mesh else {
+                    if let Some(addr) = coordinator_stun {
+                        if !stun_servers.contains(&addr) {
+                            stun_servers.push(addr);
+                            let mut servers = stun_servers.clone();
+                            servers.extend(mesh.relay_addrs());
+                            stun.set_servers(servers);
+                            stun.refresh(Instant::now());
+                        }
+                    }
+                    let Some(MeshAddress { ip: mesh_ip, network }) = address else {
                         fatal = Some("the coordinator registered this node without a mesh address".into());
                         continue;
                     };

@@ -308,6 +308,7 @@ mod tests {
             heartbeat_secs: 5,
             map_version: 1,
             endpoint: "203.0.113.1:5".parse().unwrap(),
+            stun_port: None,
         }
     }
 

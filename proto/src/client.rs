@@ -49,6 +49,8 @@ pub enum Event {
         /// The node's mesh address (none for a relay).
         mesh: Option<MeshAddress>,
         endpoint: SocketAddr,
+        /// The coordinator's second STUN address, if it has one.
+        coordinator_stun: Option<SocketAddr>,
     },
     /// A complete, consistent peer map.
     PeerMap(Vec<PeerInfo>),
@@ -417,15 +419,19 @@ impl ControlClient {
                     heartbeat_secs,
                     map_version,
                     endpoint,
+                    stun_port,
                 },
                 Some(session),
             ) => {
                 self.join = None; // Registered: the node key is enough from now on.
                 self.note_public_endpoint(endpoint);
+                let coordinator_stun =
+                    stun_port.map(|p| SocketAddr::new(self.coordinator_addr.ip(), p));
                 self.events.push_back(Event::Registered {
                     name,
                     mesh,
                     endpoint,
+                    coordinator_stun,
                 });
                 let heartbeat = Duration::from_secs(heartbeat_secs.max(1) as u64);
                 self.state = State::Connected(Box::new(Connected {

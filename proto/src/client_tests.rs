@@ -65,6 +65,7 @@ fn accepted(map_version: u64) -> Welcome {
         heartbeat_secs: 5,
         map_version,
         endpoint: "198.51.100.1:41641".parse().unwrap(),
+        stun_port: Some(3480),
     }
 }
 

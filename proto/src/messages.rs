@@ -91,6 +91,9 @@ pub enum Welcome {
         map_version: u64,
         /// The node's endpoint as the coordinator saw it.
         endpoint: SocketAddr,
+        /// A second port on the coordinator's address that answers STUN: with the main port
+        /// it tells whether the node's NAT mapping varies by destination.
+        stun_port: Option<u16>,
     },
     Rejected {
         reason: RejectReason,
