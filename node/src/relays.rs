@@ -14,6 +14,9 @@ const HOME_BIND_INTERVAL: Duration = Duration::from_secs(2);
 const OTHER_BIND_INTERVAL: Duration = Duration::from_secs(10);
 /// A bind unanswered this long is a miss.
 const BIND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same, before the first answer: a new node's first bind may reach the relay just before
+/// the coordinator's member list does, so it is retried quickly.
+const FIRST_BIND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Misses in a row after which a relay counts as dead (its binds keep going, at 1 s).
 const MAX_MISSES: u32 = 2;
 /// Another relay must be this much nearer (ratio, percent) to take over as home.
@@ -47,6 +50,14 @@ struct Relay {
 impl Relay {
     fn alive(&self) -> bool {
         self.session.is_some() && self.misses < MAX_MISSES
+    }
+
+    fn bind_timeout(&self) -> Duration {
+        if self.session.is_some() {
+            BIND_TIMEOUT
+        } else {
+            FIRST_BIND_TIMEOUT
+        }
     }
 }
 
@@ -123,7 +134,7 @@ impl RelayClient {
         self.relays
             .iter()
             .map(|r| match r.pending {
-                Some((_, sent)) => (sent + BIND_TIMEOUT).min(r.next_bind),
+                Some((_, sent)) => (sent + r.bind_timeout()).min(r.next_bind),
                 None => r.next_bind,
             })
             .min()
@@ -137,14 +148,14 @@ impl RelayClient {
     ) -> Option<HomeChange> {
         for i in 0..self.relays.len() {
             if let Some((_, sent)) = self.relays[i].pending {
-                if now >= sent + BIND_TIMEOUT {
-                    let r = &mut self.relays[i];
+                let r = &mut self.relays[i];
+                if now >= sent + r.bind_timeout() {
                     r.pending = None;
                     r.misses += 1;
-                    if r.misses >= MAX_MISSES {
-                        // Keep probing a dead relay every second so it comes back quickly.
-                        r.next_bind = r.next_bind.min(now);
-                    }
+                    // Ask again at once: one lost bind is no verdict, and a relay not (yet)
+                    // answering is checked every second (every 250 ms before its first
+                    // answer) so it is used as soon as it can be.
+                    r.next_bind = r.next_bind.min(now);
                 }
             }
             let interval = if self.home == Some(i) || !self.relays[i].alive() {
@@ -158,15 +169,15 @@ impl RelayClient {
                 let frame: [u8; BIND_LEN] = r.bind_key.bind(&self.me, ts, rand::random());
                 r.pending = Some((ts, now));
                 r.next_bind = now
-                    + if r.misses >= MAX_MISSES {
-                        BIND_TIMEOUT
+                    + if r.misses >= MAX_MISSES || r.session.is_none() {
+                        r.bind_timeout()
                     } else {
                         interval
                     };
                 send(r.info.addr, &frame);
             }
         }
-        self.choose_home()
+        self.choose_home(now)
     }
 
     fn fresh_timestamp(&mut self) -> u64 {
@@ -195,6 +206,8 @@ impl RelayClient {
         r.pending = None;
         r.misses = 0;
         r.rtt = Some(now.saturating_duration_since(sent));
+        // Answered: back to the regular schedule (the home relay's is shortened below).
+        r.next_bind = sent + OTHER_BIND_INTERVAL;
         let same = r
             .session
             .as_ref()
@@ -207,10 +220,20 @@ impl RelayClient {
                 counter: 0,
             });
         }
-        self.choose_home()
+        self.choose_home(now)
     }
 
-    fn choose_home(&mut self) -> Option<HomeChange> {
+    fn choose_home(&mut self, now: Instant) -> Option<HomeChange> {
+        let change = self.pick_home();
+        if let Some(h) = self.home {
+            // The home relay is checked every 2 s, not on the others' 10 s schedule.
+            let r = &mut self.relays[h];
+            r.next_bind = r.next_bind.min(now + HOME_BIND_INTERVAL);
+        }
+        change
+    }
+
+    fn pick_home(&mut self) -> Option<HomeChange> {
         let best = (0..self.relays.len())
             .filter(|&i| self.relays[i].alive())
             .min_by_key(|&i| self.relays[i].rtt.unwrap_or(Duration::MAX));
@@ -229,6 +252,7 @@ impl RelayClient {
         }
         let old = self.home;
         self.home = best;
+
         match (old, best) {
             (o, Some(b)) if o != Some(b) => Some(HomeChange::Now(self.relays[b].info.name.clone())),
             (Some(o), None) => Some(HomeChange::Lost(self.relays[o].info.name.clone())),
@@ -375,6 +399,61 @@ mod tests {
             lost_at.unwrap() - t0 <= Duration::from_secs(5),
             "{:?}",
             lost_at.unwrap() - t0
+        );
+    }
+
+    #[test]
+    fn a_new_home_is_checked_every_two_seconds_and_a_first_bind_retried_fast() {
+        let t0 = Instant::now();
+        let mut c = client();
+        c.set_relays(t0, vec![relay_info(0).0, relay_info(1).0]);
+        // r1's first bind is lost (it did not know us yet): it is asked again 250 ms later.
+        let sent = binds(&mut c, t0);
+        c.handle_bound(
+            t0 + Duration::from_millis(5),
+            sent[0].0,
+            &answer(0, &sent[0].1, 1),
+        );
+        let t1 = t0 + Duration::from_millis(250);
+        let again = binds(&mut c, t1);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, relay_info(1).0.addr);
+        c.handle_bound(
+            t1 + Duration::from_millis(9),
+            again[0].0,
+            &answer(1, &again[0].1, 2),
+        );
+        assert_eq!(c.home().unwrap().name, "r0");
+        // r0 dies; r1 takes over, and from then on r1 is bound every 2 s, not every 10 s.
+        let mut now = t1;
+        while c.home().unwrap().name == "r0" {
+            now = c.poll_timeout().unwrap();
+            let mut out = Vec::new();
+            c.handle_timeout(now, &mut |a, d| out.push((a, d.to_vec())));
+            for (a, d) in out {
+                if a == relay_info(1).0.addr {
+                    c.handle_bound(now, a, &answer(1, &d, 2));
+                }
+            }
+            assert!(now - t0 < Duration::from_secs(10));
+        }
+        let mut r1_binds = Vec::new();
+        let until = now + Duration::from_secs(6);
+        while now < until {
+            now = c.poll_timeout().unwrap();
+            let mut out = Vec::new();
+            c.handle_timeout(now, &mut |a, d| out.push((a, d.to_vec())));
+            for (a, d) in out {
+                if a == relay_info(1).0.addr {
+                    r1_binds.push(now);
+                    c.handle_bound(now, a, &answer(1, &d, 2));
+                }
+            }
+        }
+        assert!(
+            r1_binds.len() >= 3,
+            "{} binds to the new home in 6 s",
+            r1_binds.len()
         );
     }
 

@@ -25,8 +25,11 @@
 //! every process it started and deletes every namespace. On a panic it prints the tail of
 //! every process log, so CI output shows why a test failed.
 //!
-//! The [`mesh`] module has helpers that drive lanmesh's `coordinator` and `node` binaries
-//! inside a lab; [`transfer`] moves checksummed bytes over TCP with `lanmesh-testkit`.
+//! The [`mesh`] module has helpers that drive lanmesh's `coordinator`, `node` and `relay`
+//! binaries inside a lab; [`transfer`] moves checksummed bytes over TCP with
+//! `lanmesh-testkit`, and [`Transfer`] does it in the background (optionally paced) while a
+//! test changes the network under it. [`Lab::count_packets`] counts matching packets
+//! arriving in a namespace (nftables), to prove what did or did not get through.
 
 pub mod mesh;
 pub mod udp;
@@ -102,16 +105,24 @@ fn cargo_build_release(args: &[&str]) {
     );
 }
 
-/// The directory holding the `coordinator` and `node` binaries: `$LANMESH_BIN_DIR` if set,
-/// else `<workspace>/target/release` after one `cargo build --release --bins -p
-/// lanmesh-coordinator -p lanmesh-node` per test process.
+/// The directory holding the `coordinator`, `node` and `relay` binaries: `$LANMESH_BIN_DIR`
+/// if set, else `<workspace>/target/release` after one `cargo build --release --bins -p
+/// lanmesh-coordinator -p lanmesh-node -p lanmesh-relay` per test process.
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         if let Some(dir) = std::env::var_os("LANMESH_BIN_DIR").filter(|d| !d.is_empty()) {
             return PathBuf::from(dir);
         }
-        cargo_build_release(&["--bins", "-p", "lanmesh-coordinator", "-p", "lanmesh-node"]);
+        cargo_build_release(&[
+            "--bins",
+            "-p",
+            "lanmesh-coordinator",
+            "-p",
+            "lanmesh-node",
+            "-p",
+            "lanmesh-relay",
+        ]);
         target_dir().join("release")
     })
     .clone()
@@ -323,6 +334,126 @@ pub fn transfer(
         start.elapsed().as_secs_f64()
     );
     recv_log
+}
+
+/// A TCP transfer with lanmesh-testkit running in the background: [`Transfer::start`] it,
+/// change the network under it, then [`Transfer::finish`] checks that every byte arrived
+/// intact over the one connection.
+pub struct Transfer {
+    recv: Proc,
+    send: Proc,
+    addr: String,
+    bytes: u64,
+    started: Instant,
+}
+
+impl Transfer {
+    /// Starts `testkit recv` on `to` (`IP:PORT`) in `to_ns`, waits until it listens, then
+    /// starts `testkit send` of `bytes` from `from_ns` without waiting for it, paced to
+    /// `rate_mbps` megabits per second if given. Both give up after `limit`.
+    pub fn start(
+        lab: &Lab,
+        from_ns: &str,
+        to_ns: &str,
+        to: &str,
+        bytes: u64,
+        rate_mbps: Option<u64>,
+        limit: Duration,
+    ) -> Transfer {
+        let tk = testkit();
+        let addr = to.to_string();
+        let port: u16 = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("transfer target {addr:?} is not IP:PORT"));
+        let secs = limit.as_secs().max(1).to_string();
+        let recv = lab.spawn(
+            to_ns,
+            &tk,
+            ["recv", "--listen", &addr, "--timeout", &secs],
+            "testkit-recv",
+        );
+        wait_until(Duration::from_secs(10), "testkit recv to listen", || {
+            lab.listening(to_ns, port)
+        });
+        let bytes_s = bytes.to_string();
+        let mut args = vec![
+            "send",
+            "--to",
+            &addr,
+            "--bytes",
+            &bytes_s,
+            "--seed",
+            "42",
+            "--timeout",
+            &secs,
+        ];
+        let rate_s = rate_mbps.map(|r| r.to_string());
+        if let Some(r) = &rate_s {
+            args.extend(["--rate-mbps", r.as_str()]);
+        }
+        let started = Instant::now();
+        let send = lab.spawn(from_ns, &tk, &args, "testkit-send");
+        Transfer {
+            recv,
+            send,
+            addr,
+            bytes,
+            started,
+        }
+    }
+
+    /// Whether the sender is still sending (or waiting for the receiver to confirm).
+    pub fn is_running(&self, lab: &Lab) -> bool {
+        lab.is_running(&self.send)
+    }
+
+    /// Time since the sender started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits up to `timeout` for both ends to finish and checks that the receiver got
+    /// exactly the bytes sent (count and SHA-256); panics otherwise. Returns how long the
+    /// transfer took.
+    pub fn finish(self, lab: &Lab, timeout: Duration) -> Duration {
+        let deadline = Instant::now() + timeout;
+        let send_status = lab
+            .wait_exit(&self.send, timeout)
+            .unwrap_or_else(|| panic!("testkit send to {} did not finish", self.addr));
+        let took = self.started.elapsed();
+        let recv_status = lab
+            .wait_exit(
+                &self.recv,
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(5)),
+            )
+            .unwrap_or_else(|| panic!("testkit recv on {} did not finish", self.addr));
+        let send_log = lab.log(&self.send);
+        let recv_log = lab.log(&self.recv);
+        assert!(
+            send_status.success(),
+            "testkit send to {} failed ({send_status}): {send_log}",
+            self.addr
+        );
+        assert!(
+            recv_status.success(),
+            "testkit recv on {} failed ({recv_status}): {recv_log}",
+            self.addr
+        );
+        let sent = transfer_result(&send_log).expect("send printed no result");
+        let got = transfer_result(&recv_log).expect("recv printed no result");
+        assert_eq!(sent.0, self.bytes, "sender sent a different amount");
+        assert_eq!(got, sent, "received bytes differ from the sent bytes");
+        eprintln!(
+            "transferred {} bytes to {} in {:.2}s",
+            self.bytes,
+            self.addr,
+            took.as_secs_f64()
+        );
+        took
+    }
 }
 
 /// Runs a command that must succeed; panics with its output otherwise.
@@ -1280,6 +1411,49 @@ impl Lab {
         let filter = format!("sport = :{port}");
         let out = self.exec(ns, "ss", ["-H", "-l", "-n", "-t", "-u", &filter]);
         out.status.success() && !stdout(&out).trim().is_empty()
+    }
+
+    /// Starts counting the packets that arrive for namespace `ns` itself (nftables input
+    /// hook) and match the nftables expression `expr`, e.g. `ip saddr 203.0.113.30 udp length
+    /// 1045`, in a counter called `name` (letters, digits, `_`). Meant for hosts: a router's
+    /// ruleset is replaced by [`Lab::set_nat`]. Read it with [`Lab::packets_counted`].
+    pub fn count_packets(&self, ns: &str, name: &str, expr: &str) {
+        let nft = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns, "nft"];
+            all.extend_from_slice(args);
+            must("ip", all);
+        };
+        nft(&["add", "table", "ip", "lanmesh_count"]);
+        nft(&[
+            "add",
+            "chain",
+            "ip",
+            "lanmesh_count",
+            "input",
+            "{ type filter hook input priority -300 ; policy accept ; }",
+        ]);
+        nft(&["add", "counter", "ip", "lanmesh_count", name]);
+        let rule = format!("add rule ip lanmesh_count input {expr} counter name {name}");
+        let words: Vec<&str> = rule.split_whitespace().collect();
+        nft(&words);
+    }
+
+    /// How many packets the counter `name` of [`Lab::count_packets`] has seen in `ns`.
+    pub fn packets_counted(&self, ns: &str, name: &str) -> u64 {
+        let out = self.exec(ns, "nft", ["list", "counter", "ip", "lanmesh_count", name]);
+        assert!(
+            out.status.success(),
+            "nft list counter {name} in {ns} failed: {}",
+            stderr(&out)
+        );
+        // "counter lanmesh_count NAME { packets 3 bytes 180 }"
+        let text = stdout(&out);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        words
+            .windows(2)
+            .find(|w| w[0] == "packets")
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or_else(|| panic!("no packet count in: {text}"))
     }
 
     /// Whether network interface `ifname` exists in `ns`.

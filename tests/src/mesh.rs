@@ -15,8 +15,16 @@
 //!
 //! The coordinator also answers STUN Binding requests on its UDP port.
 //!
+//! Relays forward WireGuard ciphertext between members (nodes the coordinator lists) that
+//! cannot reach each other directly:
+//!
 //! ```text
-//! node down --state-dir DIR
+//! coordinator keys create --relay [--reusable] --data-dir DIR      (key = last stdout line)
+//! relay serve --listen IP:PORT --coordinator IP:PORT --auth-key KEY --state-dir DIR [--name NAME]
+//!             [--rate-limit-mbps N]
+//! relay status --state-dir DIR --json
+//! node status --json      relays[]: {name, latency_ms}; peers[].relay: the relay's name when
+//!                         path is "relay" (endpoint is then the relay's address)
 //! ```
 
 use crate::{bin, run, stderr, stdout, wait_for, wait_until, Host, Lab, Proc};
@@ -42,6 +50,14 @@ pub fn coordinator_bin() -> PathBuf {
 pub fn node_bin() -> PathBuf {
     bin("node")
 }
+
+/// The `relay` binary.
+pub fn relay_bin() -> PathBuf {
+    bin("relay")
+}
+
+/// The UDP port relays listen on in the lab.
+pub const RELAY_PORT: u16 = 3479;
 
 /// Whether `node up --help` of the binary under test mentions `flag` (e.g. `"--stun"`):
 /// lets the tests pass newer flags only to a node that knows them. Cached per flag.
@@ -334,6 +350,193 @@ impl Node {
     }
 }
 
+/// A `relay serve` process and its state dir.
+pub struct Relay {
+    pub host: Host,
+    /// The name given with `--name` (nodes show it as a peer's `relay`).
+    pub name: String,
+    pub state_dir: PathBuf,
+    /// `IP:PORT` it listens on.
+    pub addr: String,
+    args: Vec<String>,
+    proc: Proc,
+}
+
+/// `relay status --json`.
+#[derive(Clone, Debug)]
+pub struct RelayStatus {
+    pub name: String,
+    pub public_key: String,
+    pub coordinator_connected: bool,
+    /// Members the coordinator listed.
+    pub members: u64,
+    /// Members bound to the relay now.
+    pub members_connected: u64,
+    pub packets_forwarded: u64,
+    pub bytes_forwarded: u64,
+    pub dropped: u64,
+    /// The whole document.
+    pub raw: Value,
+}
+
+impl RelayStatus {
+    /// Parses `relay status --json` output.
+    pub fn parse(text: &str) -> anyhow::Result<RelayStatus> {
+        let raw: Value = serde_json::from_str(text.trim())?;
+        let num = |k: &str| raw.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Ok(RelayStatus {
+            name: str_field(&raw, "name"),
+            public_key: str_field(&raw, "public_key"),
+            coordinator_connected: raw
+                .get("coordinator_connected")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            members: num("members"),
+            members_connected: num("members_connected"),
+            packets_forwarded: num("packets_forwarded"),
+            bytes_forwarded: num("bytes_forwarded"),
+            dropped: num("dropped"),
+            raw,
+        })
+    }
+}
+
+impl Relay {
+    /// Starts `relay serve --listen <host ip>:3479 --coordinator C --auth-key KEY --state-dir
+    /// <lab>/relay-<name> --name NAME <extra>` in `host`'s namespace and waits until it
+    /// listens and answers `relay status`.
+    pub fn start(
+        lab: &Lab,
+        host: &Host,
+        name: &str,
+        coordinator: &str,
+        key: &str,
+        extra: &[&str],
+    ) -> Relay {
+        let state_dir = lab.subdir(&format!("relay-{name}"));
+        let addr = format!("{}:{RELAY_PORT}", host.ip);
+        let sd = state_dir.display().to_string();
+        let mut args = vec![
+            "serve",
+            "--listen",
+            &addr,
+            "--coordinator",
+            coordinator,
+            "--auth-key",
+            key,
+            "--state-dir",
+            &sd,
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        let args: Vec<String> = args.into_iter().map(str::to_string).collect();
+        let proc = lab.spawn(&host.ns, relay_bin(), &args, &format!("relay-{name}"));
+        let relay = Relay {
+            host: host.clone(),
+            name: name.to_string(),
+            state_dir,
+            addr,
+            args,
+            proc,
+        };
+        relay.wait_started(lab);
+        relay
+    }
+
+    /// Starts `relay serve` again (same state dir, so the same key, and the same flags)
+    /// after a stop or crash, and waits until it answers `relay status`.
+    pub fn restart(&mut self, lab: &Lab) {
+        assert!(
+            !lab.is_running(&self.proc),
+            "relay {} still runs",
+            self.name
+        );
+        self.proc = lab.spawn(
+            &self.host.ns,
+            relay_bin(),
+            &self.args,
+            &format!("relay-{}", self.name),
+        );
+        self.wait_started(lab);
+    }
+
+    fn wait_started(&self, lab: &Lab) {
+        wait_for(
+            Duration::from_secs(20),
+            "the relay to answer status",
+            || {
+                if let Some(status) = lab.wait_exit(&self.proc, Duration::ZERO) {
+                    panic!(
+                        "relay {} exited at start ({status}):\n{}",
+                        self.name,
+                        lab.log(&self.proc)
+                    );
+                }
+                (lab.listening(&self.host.ns, RELAY_PORT) && self.status(lab).is_some())
+                    .then_some(())
+            },
+        );
+    }
+
+    /// The `relay serve` process.
+    pub fn proc(&self) -> &Proc {
+        &self.proc
+    }
+
+    /// `relay status --json`, parsed; `None` if the command fails (relay not running).
+    pub fn status(&self, lab: &Lab) -> Option<RelayStatus> {
+        let sd = self.state_dir.display().to_string();
+        let out = lab.exec(
+            &self.host.ns,
+            relay_bin(),
+            ["status", "--json", "--state-dir", &sd],
+        );
+        if !out.status.success() {
+            return None;
+        }
+        RelayStatus::parse(&stdout(&out)).ok()
+    }
+
+    /// Polls until `cond` holds for the relay's status; panics after `timeout` (printing the
+    /// last status), and right away if the relay exits.
+    pub fn wait_status(
+        &self,
+        lab: &Lab,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&RelayStatus) -> bool,
+    ) -> RelayStatus {
+        let what = format!("relay {}: {what}", self.name);
+        let mut last = None;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(timeout, &what, || {
+                if let Some(st) = lab.wait_exit(&self.proc, Duration::ZERO) {
+                    panic!(
+                        "relay {} exited ({st}) while waiting for: {what}",
+                        self.name
+                    );
+                }
+                let s = self.status(lab)?;
+                let ok = cond(&s);
+                last = Some(s.raw.clone());
+                ok.then_some(s)
+            })
+        }));
+        match r {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!(
+                    "last status of relay {}: {}",
+                    self.name,
+                    last.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+                );
+                std::panic::resume_unwind(e)
+            }
+        }
+    }
+}
+
 /// Polls until `from` gets a ping answer from `to_ip`, then asserts 3 more are answered.
 pub fn assert_ping(lab: &Lab, from: &Node, to_name: &str, to_ip: &str) {
     let what = format!("{} to ping {to_name} ({to_ip}) over the mesh", from.name);
@@ -352,6 +555,8 @@ pub struct Status {
     pub mesh_ip: String,
     pub public_key: String,
     pub peers: Vec<Peer>,
+    /// The relays the coordinator lists: name and round trip in ms (`None`: not answering).
+    pub relays: Vec<(String, Option<f64>)>,
     /// The whole document, for fields not modelled here.
     pub raw: Value,
 }
@@ -366,6 +571,8 @@ pub struct Peer {
     /// `"direct"`, `"relay"` or `"connecting"`.
     pub path: String,
     pub endpoint: Option<String>,
+    /// The name of the relay carrying the traffic when `path` is `"relay"`.
+    pub relay: Option<String>,
     pub last_handshake_secs: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -380,11 +587,24 @@ impl Status {
             Some(Value::Null) | None => Vec::new(),
             Some(other) => anyhow::bail!("peers is not an array: {other}"),
         };
+        let relays = match raw.get("relays") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|r| {
+                    (
+                        str_field(r, "name"),
+                        r.get("latency_ms").and_then(Value::as_f64),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Status {
             name: str_field(&raw, "name"),
             mesh_ip: strip_prefix_len(&str_field(&raw, "mesh_ip")),
             public_key: str_field(&raw, "public_key"),
             peers,
+            relays,
             raw,
         })
     }
@@ -407,6 +627,7 @@ impl Peer {
                 .get("endpoint")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            relay: v.get("relay").and_then(Value::as_str).map(str::to_string),
             last_handshake_secs: v.get("last_handshake_secs").and_then(Value::as_u64),
             rx_bytes: v.get("rx_bytes").and_then(Value::as_u64).unwrap_or(0),
             tx_bytes: v.get("tx_bytes").and_then(Value::as_u64).unwrap_or(0),

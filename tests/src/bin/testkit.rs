@@ -3,8 +3,13 @@
 //! ```text
 //! lanmesh-testkit recv --listen IP:PORT [--timeout SECS]
 //!     accepts one connection, reads it to EOF, prints `<bytes> <sha256hex>`
-//! lanmesh-testkit send --to IP:PORT --bytes N [--seed S] [--timeout SECS]
-//!     sends N deterministic pseudo-random bytes, prints `<bytes> <sha256hex>`
+//! lanmesh-testkit send --to IP:PORT --bytes N [--seed S] [--rate-mbps R] [--seconds T]
+//!                      [--timeout SECS]
+//!     sends N deterministic pseudo-random bytes, prints `<bytes> <sha256hex>`; with
+//!     --rate-mbps no faster than R megabits (10^6 bits) per second on average, so that a
+//!     transfer lasts a known time (the connection stays busy all along); with --seconds it
+//!     stops early after T seconds (the line then shows what was sent, and stderr `sent B
+//!     bytes in S s`, for throughput)
 //!
 //! lanmesh-testkit udp-echo --listen IP:PORT [--listen IP:PORT]... [--timeout SECS]
 //!     a STUN-like UDP server on every --listen address. It answers
@@ -23,7 +28,12 @@
 //!     datagram that arrives (alt replies, unsolicited packets) is printed as `from SRC TEXT`.
 //!     After the last target it keeps listening --linger-ms (default 1000), then prints `done`.
 //! lanmesh-testkit udp-send --to IP:PORT [--bind IP:PORT] [--count N] [--text TEXT]
+//!                          [--hex HEX]... [--recv-ms MS]
 //!     sends N (default 3) datagrams TEXT (default `hello`), 50 ms apart, prints `sent N`.
+//!     With --hex (repeatable) each round sends every HEX payload (raw bytes) instead of
+//!     TEXT, and prints `sent N datagrams B bytes`. With --recv-ms it then keeps the socket
+//!     open MS milliseconds (it also listens while sending) and prints `reply SRC LEN` for
+//!     every datagram that arrives, then `received N datagrams B bytes, largest L`.
 //! ```
 //!
 //! Every command exits with status 2 after the timeout (default 60 s), whatever it is
@@ -39,10 +49,10 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage:
   lanmesh-testkit recv --listen IP:PORT [--timeout SECS]
-  lanmesh-testkit send --to IP:PORT --bytes N [--seed S] [--timeout SECS]
+  lanmesh-testkit send --to IP:PORT --bytes N [--seed S] [--rate-mbps R] [--seconds T] [--timeout SECS]
   lanmesh-testkit udp-echo --listen IP:PORT [--listen IP:PORT]... [--timeout SECS]
   lanmesh-testkit udp-probe --bind IP:PORT --to IP:PORT [--to IP:PORT]... [--alt] [--linger-ms MS] [--timeout SECS]
-  lanmesh-testkit udp-send --to IP:PORT [--bind IP:PORT] [--count N] [--text TEXT] [--timeout SECS]";
+  lanmesh-testkit udp-send --to IP:PORT [--bind IP:PORT] [--count N] [--text TEXT] [--hex HEX]... [--recv-ms MS] [--timeout SECS]";
 
 /// Flags that take no value.
 const SWITCHES: [&str; 1] = ["--alt"];
@@ -192,6 +202,9 @@ fn send(opts: &Opts, deadline: Instant) -> anyhow::Result<(u64, String)> {
         .num("--bytes")
         .unwrap_or_else(|| fail(&format!("missing --bytes\n{USAGE}")));
     let seed = opts.num("--seed").unwrap_or(1);
+    // Bytes per second, if paced.
+    let rate = opts.num("--rate-mbps").map(|m| (m * 1_000_000 / 8).max(1));
+    let stop_after = opts.num("--seconds").map(Duration::from_secs);
 
     // The receiver may still be starting: retry refused connections for a while.
     let retry_until = Instant::now() + Duration::from_secs(10).min(left(deadline));
@@ -208,9 +221,23 @@ fn send(opts: &Opts, deadline: Instant) -> anyhow::Result<(u64, String)> {
 
     let mut rng = SplitMix64(seed);
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Paced transfers write smaller chunks, so that the pace is smooth.
+    let chunk = if rate.is_some() { 16 * 1024 } else { 64 * 1024 };
+    let mut buf = vec![0u8; chunk];
     let mut sent = 0u64;
+    let started = Instant::now();
     while sent < bytes {
+        if stop_after.is_some_and(|t| started.elapsed() >= t) {
+            break;
+        }
+        if let Some(rate) = rate {
+            // Wait until the bytes sent so far are due.
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            let elapsed = started.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
         let n = (bytes - sent).min(buf.len() as u64) as usize;
         for chunk in buf[..n].chunks_mut(8) {
             let word = rng.next().to_le_bytes();
@@ -226,6 +253,11 @@ fn send(opts: &Opts, deadline: Instant) -> anyhow::Result<(u64, String)> {
     stream.set_read_timeout(Some(left(deadline)))?;
     let mut sink = [0u8; 1024];
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "sent {sent} bytes in {secs:.3} s ({:.1} Mbit/s)",
+        sent as f64 * 8.0 / secs.max(1e-9) / 1e6
+    );
     Ok((sent, hex(&hasher.finalize())))
 }
 
@@ -343,7 +375,7 @@ fn udp_probe(opts: &Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `udp-send`: fire-and-forget datagrams.
+/// `udp-send`: datagrams (text or raw bytes), optionally counting what comes back.
 fn udp_send(opts: &Opts) -> anyhow::Result<()> {
     let to = opts.addr("--to");
     let bind = match opts.get("--bind") {
@@ -351,17 +383,88 @@ fn udp_send(opts: &Opts) -> anyhow::Result<()> {
         None => "0.0.0.0:0".parse().expect("literal address"),
     };
     let count = opts.num("--count").unwrap_or(3);
-    let text = opts.get("--text").unwrap_or("hello");
+    let hex_payloads: Vec<Vec<u8>> = opts
+        .all("--hex")
+        .into_iter()
+        .map(|h| unhex(h).unwrap_or_else(|| fail(&format!("--hex: not hex: {h:?}"))))
+        .collect();
+    let recv_ms = opts.num("--recv-ms");
     let sock = UdpSocket::bind(bind).map_err(|e| anyhow::anyhow!("bind {bind}: {e}"))?;
+
+    // Everything that comes back, counted by a listener thread from the start.
+    let replies = Arc::new(std::sync::Mutex::new(Vec::<(SocketAddr, usize)>::new()));
+    if recv_ms.is_some() {
+        let sock = sock.try_clone()?;
+        let replies = Arc::clone(&replies);
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, src)) => replies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((src, n)),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                        ) => {}
+                    // E.g. ICMP port unreachable reported on the socket: not a reply.
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+    }
+
+    let text = opts.get("--text").unwrap_or("hello");
+    let payloads: Vec<&[u8]> = if hex_payloads.is_empty() {
+        vec![text.as_bytes()]
+    } else {
+        hex_payloads.iter().map(Vec::as_slice).collect()
+    };
+    let mut datagrams = 0u64;
+    let mut bytes = 0u64;
     for i in 0..count {
         if i > 0 {
             std::thread::sleep(Duration::from_millis(50));
         }
-        sock.send_to(text.as_bytes(), to)
-            .map_err(|e| anyhow::anyhow!("send to {to}: {e}"))?;
+        for p in &payloads {
+            sock.send_to(p, to)
+                .map_err(|e| anyhow::anyhow!("send to {to}: {e}"))?;
+            datagrams += 1;
+            bytes += p.len() as u64;
+        }
     }
-    println!("sent {count}");
+    if hex_payloads.is_empty() {
+        println!("sent {count}");
+    } else {
+        println!("sent {datagrams} datagrams {bytes} bytes");
+    }
+    if let Some(ms) = recv_ms {
+        std::thread::sleep(Duration::from_millis(ms));
+        let replies = replies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (src, n) in &replies {
+            println!("reply {src} {n}");
+        }
+        let total: usize = replies.iter().map(|(_, n)| n).sum();
+        let largest = replies.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        println!(
+            "received {} datagrams {total} bytes, largest {largest}",
+            replies.len()
+        );
+    }
     Ok(())
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// A small deterministic generator: the same seed always gives the same bytes.
