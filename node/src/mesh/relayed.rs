@@ -1,0 +1,78 @@
+//! Datagrams that came through a relay: bind answers and delivered WireGuard (or probes).
+
+use super::{transmit, written, Io, Mesh};
+use crate::relays::HomeChange;
+use boringtun::noise::TunnResult;
+use lanmesh_proto::header::ControlKind;
+use lanmesh_proto::probe;
+use lanmesh_proto::relay::{frame_kind, parse_deliver, SEND_HEADER};
+use std::net::SocketAddr;
+use std::time::Instant;
+use tracing::{debug, info, warn};
+
+impl Mesh {
+    /// A relay frame (a bind answer or a delivered datagram) from `src`.
+    pub fn handle_relay_frame(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        frame: &[u8],
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) {
+        if !self.relays.is_relay(src) {
+            return self.dropped(now, format_args!("relay frame from a non-relay {src}"));
+        }
+        if frame_kind(frame) == Some(ControlKind::RelayBound) {
+            match self.relays.handle_bound(now, src, frame) {
+                Some(HomeChange::Now(name)) => info!(relay = %name, "home relay"),
+                Some(HomeChange::Lost(name)) => warn!(relay = %name, "home relay lost"),
+                None => {}
+            }
+            return;
+        }
+        let Some((from, payload)) = parse_deliver(frame) else {
+            return self.dropped(now, format_args!("malformed relay frame from {src}"));
+        };
+        if probe::sender(payload).is_some() {
+            if probe::sender(payload) != Some(from) {
+                return self.dropped(now, format_args!("relayed probe from another key"));
+            }
+            return self.probe_from(now, src, Some(src), payload, scratch, io);
+        }
+        let Some(&slot) = self.by_key.get(&from) else {
+            return self.dropped(now, format_args!("relayed datagram from an unknown key"));
+        };
+        let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
+        let out = &mut scratch[SEND_HEADER..];
+        match peer.tunn.decapsulate(None, payload, out) {
+            TunnResult::WriteToNetwork(b) => {
+                let n = b.len();
+                // The peer reached us through a relay: answer the same way.
+                if peer.paths.best().is_none() {
+                    peer.relayed = true;
+                }
+                let relays = &mut self.relays;
+                transmit(peer, relays, scratch, n, io);
+                while let Some(n) = written(peer.tunn.decapsulate(
+                    None,
+                    &[],
+                    &mut scratch[SEND_HEADER..],
+                )) {
+                    transmit(peer, relays, scratch, n, io);
+                }
+            }
+            TunnResult::WriteToTunnelV4(inner, inner_src) => {
+                if peer.paths.best().is_none() {
+                    peer.relayed = true;
+                }
+                if inner_src == peer.info.mesh_ip {
+                    io.write_tun(inner);
+                } else if self.drops.allow((now - self.epoch).as_millis() as u64) {
+                    debug!(peer = %peer.info.name, %inner_src, "dropped relayed inner packet with a spoofed source");
+                }
+            }
+            _ => {}
+        }
+    }
+}
