@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{debug, info};
+use tracing::{debug, info, trace};
 use x25519_dalek::StaticSecret;
 
 /// Where sealed and opened packets go.
@@ -357,6 +357,7 @@ impl Mesh {
         };
         let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
         peer.paths.on_data_tx(now);
+        trace!(peer = %peer.info.name, len = packet.len(), relayed = peer.relayed, "packet from the TUN");
         match peer.tunn.encapsulate(packet, &mut scratch[SEND_HEADER..]) {
             TunnResult::WriteToNetwork(b) => {
                 let n = b.len();
@@ -401,6 +402,7 @@ impl Mesh {
             return self.dropped(now, format_args!("datagram from {src} matches no peer"));
         };
         let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
+        trace!(peer = %peer.info.name, %src, len = datagram.len(), "WireGuard datagram");
         let authenticated = match peer.tunn.decapsulate(Some(src.ip()), datagram, scratch) {
             TunnResult::WriteToNetwork(b) => {
                 // A handshake response (type 2) or keepalive (4) means the datagram was
