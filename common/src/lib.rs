@@ -66,7 +66,8 @@ pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let what = e.message().to_string();
+            // toml's messages may run over several lines; one sentence is enough here.
+            let what = e.message().lines().collect::<Vec<_>>().join("; ");
             match line {
                 Some(l) => bail!("config file {} line {l}: {what}", path.display()),
                 None => bail!("config file {}: {what}", path.display()),

@@ -100,6 +100,7 @@ enum NodesCommand {
     },
     /// Remove a node: its peers drop it within a second and it must join again with a key.
     Remove {
+        /// The node's (or relay's) name, as `nodes list` shows it.
         name: String,
         #[command(flatten)]
         dir: DataDirArg,

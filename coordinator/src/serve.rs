@@ -74,6 +74,8 @@ pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
     let stun_port = match args.stun_port.or(config.stun_port) {
         Some(0) => None,
         Some(p) => Some(p),
+        // With an ephemeral listen port (0), an ephemeral STUN port too.
+        None if listen.port() == 0 => Some(0),
         None => listen.port().checked_add(2),
     };
     let data_dir = args.dir.data_dir.or(config.data_dir);
@@ -119,6 +121,7 @@ async fn serve(
         };
         Some(dd.create_join_key(kind, Some(Duration::from_secs(24 * 3600)))?)
     };
+    let listen = socket.local_addr().unwrap_or(listen);
     print_banner(&dd, listen, network, open, fresh_key.as_ref());
 
     let second_stun = match settings.stun_port {
@@ -132,6 +135,12 @@ async fn serve(
                     )
                 })?,
         ),
+        None => None,
+    };
+    // Nodes are told the port actually bound (it differs when it was ephemeral).
+    let mut settings = settings;
+    settings.stun_port = match &second_stun {
+        Some(socket) => Some(socket.local_addr()?.port()),
         None => None,
     };
     let registry = Registry::new(network, offline_after * 1000);

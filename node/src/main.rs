@@ -54,7 +54,7 @@ enum Command {
     Ping {
         /// The peer's name or mesh IP.
         peer: String,
-        /// How many pings to send [default: 4].
+        /// How many pings to send.
         #[arg(short = 'c', long = "count", value_name = "N", default_value_t = 4)]
         count: u32,
         /// Stop as soon as a reply comes over a direct path (and fail if none does).
@@ -321,29 +321,50 @@ fn print_status(s: &api::Status) {
         s.mesh_ip,
         s.coordinator
     );
-    println!(
-        "{:<20} {:<15} {:<7} {:<28} {:<10} {:>9} {:>9}",
-        "PEER", "MESH IP", "ONLINE", "PATH", "HANDSHAKE", "RX", "TX"
-    );
-    for p in &s.peers {
-        let path = match (&p.path[..], &p.endpoint, &p.relay) {
-            ("direct", Some(ep), _) => format!("direct {ep}"),
-            ("relay", _, Some(relay)) => format!("via relay {relay}"),
-            (other, _, _) => other.to_string(),
-        };
-        let hs = p
-            .last_handshake_secs
-            .map_or("-".to_string(), |s| format!("{s}s ago"));
-        println!(
-            "{:<20} {:<15} {:<7} {:<28} {:<10} {:>9} {:>9}",
-            p.name,
-            p.mesh_ip,
-            if p.online { "yes" } else { "no" },
-            path,
-            hs,
-            human_bytes(p.rx_bytes),
-            human_bytes(p.tx_bytes)
-        );
+    let rows: Vec<[String; 7]> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let path = match (&p.path[..], &p.endpoint, &p.relay) {
+                ("direct", Some(ep), _) => format!("direct {ep}"),
+                ("relay", _, Some(relay)) => format!("via relay {relay}"),
+                (other, _, _) => other.to_string(),
+            };
+            [
+                p.name.clone(),
+                p.mesh_ip.clone(),
+                if p.online { "yes" } else { "no" }.to_string(),
+                path,
+                p.last_handshake_secs
+                    .map_or("-".to_string(), |s| format!("{s}s ago")),
+                human_bytes(p.rx_bytes),
+                human_bytes(p.tx_bytes),
+            ]
+        })
+        .collect();
+    let header = ["PEER", "MESH IP", "ONLINE", "PATH", "HANDSHAKE", "RX", "TX"].map(String::from);
+    // Every column as wide as its widest cell, so long names never break the table.
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            let pad = w - cell.chars().count();
+            // RX and TX are numbers: right-aligned.
+            if i >= 5 {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+            line.push_str("  ");
+        }
+        println!("{}", line.trim_end());
     }
 }
 
