@@ -1,8 +1,9 @@
 //! The node's side of relaying, as a sans-IO state machine: it keeps a bound session with
-//! every relay the coordinator lists (a bind every 2 s to the home relay, every 10 s to the
-//! others, which also holds NAT mappings open), measures their round trips, picks the nearest
-//! live one as home, and seals frames for it. Binding to all relays means a peer can reach us
-//! through whichever relay is its own home.
+//! every relay the coordinator lists (a bind every 2 s to each, which also holds NAT mappings
+//! open), measures their round trips, picks the nearest live one as home, and seals frames for
+//! it. Binding to all relays means a peer can reach us through whichever relay is its own home,
+//! and checking them all as often as the home means a failover never lands on a relay that
+//! died unnoticed. (A mesh has a handful of relays: a few dozen bytes a second each.)
 
 use lanmesh_proto::relay::{BindKey, FrameKey, BIND_LEN};
 use lanmesh_proto::PublicKey;
@@ -10,8 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use x25519_dalek::StaticSecret;
 
-const HOME_BIND_INTERVAL: Duration = Duration::from_secs(2);
-const OTHER_BIND_INTERVAL: Duration = Duration::from_secs(10);
+const BIND_INTERVAL: Duration = Duration::from_secs(2);
 /// A bind unanswered this long is a miss.
 const BIND_TIMEOUT: Duration = Duration::from_secs(1);
 /// The same, before the first answer: a new node's first bind may reach the relay just before
@@ -158,11 +158,7 @@ impl RelayClient {
                     r.next_bind = r.next_bind.min(now);
                 }
             }
-            let interval = if self.home == Some(i) || !self.relays[i].alive() {
-                HOME_BIND_INTERVAL
-            } else {
-                OTHER_BIND_INTERVAL
-            };
+            let interval = BIND_INTERVAL;
             if now >= self.relays[i].next_bind && self.relays[i].pending.is_none() {
                 let ts = self.fresh_timestamp();
                 let r = &mut self.relays[i];
@@ -177,7 +173,7 @@ impl RelayClient {
                 send(r.info.addr, &frame);
             }
         }
-        self.choose_home(now)
+        self.choose_home()
     }
 
     fn fresh_timestamp(&mut self) -> u64 {
@@ -207,7 +203,7 @@ impl RelayClient {
         r.misses = 0;
         r.rtt = Some(now.saturating_duration_since(sent));
         // Answered: back to the regular schedule (the home relay's is shortened below).
-        r.next_bind = sent + OTHER_BIND_INTERVAL;
+        r.next_bind = sent + BIND_INTERVAL;
         let same = r
             .session
             .as_ref()
@@ -220,20 +216,10 @@ impl RelayClient {
                 counter: 0,
             });
         }
-        self.choose_home(now)
+        self.choose_home()
     }
 
-    fn choose_home(&mut self, now: Instant) -> Option<HomeChange> {
-        let change = self.pick_home();
-        if let Some(h) = self.home {
-            // The home relay is checked every 2 s, not on the others' 10 s schedule.
-            let r = &mut self.relays[h];
-            r.next_bind = r.next_bind.min(now + HOME_BIND_INTERVAL);
-        }
-        change
-    }
-
-    fn pick_home(&mut self) -> Option<HomeChange> {
+    fn choose_home(&mut self) -> Option<HomeChange> {
         let best = (0..self.relays.len())
             .filter(|&i| self.relays[i].alive())
             .min_by_key(|&i| self.relays[i].rtt.unwrap_or(Duration::MAX));
@@ -424,7 +410,7 @@ mod tests {
             &answer(1, &again[0].1, 2),
         );
         assert_eq!(c.home().unwrap().name, "r0");
-        // r0 dies; r1 takes over, and from then on r1 is bound every 2 s, not every 10 s.
+        // r0 dies; r1 takes over, and it is bound every 2 s.
         let mut now = t1;
         while c.home().unwrap().name == "r0" {
             now = c.poll_timeout().unwrap();
