@@ -76,6 +76,33 @@ pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow
     }
 }
 
+/// Prints an aligned table: every column as wide as its widest cell (so long names never
+/// break it), columns from `right_from` on right-aligned (numbers).
+pub fn print_table(header: &[&str], rows: &[Vec<String>], right_from: usize) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            let pad = " ".repeat(w - cell.chars().count());
+            if i >= right_from {
+                line.push_str(&pad);
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&pad);
+            }
+            line.push_str("  ");
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
     SystemTime::now()

@@ -213,27 +213,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
                 return Ok(());
             }
-            println!(
-                "{:<24} {:<16} {:<8} {:<12} ENDPOINT",
-                "NAME", "MESH IP", "ONLINE", "LAST SEEN"
-            );
-            for n in nodes {
-                println!(
-                    "{:<24} {:<16} {:<8} {:<12} {}",
-                    n.name,
-                    if n.mesh_ip.is_empty() {
-                        format!("({})", n.role)
-                    } else {
-                        n.mesh_ip.clone()
-                    },
-                    if n.online { "yes" } else { "no" },
-                    format!(
-                        "{} ago",
-                        human_duration(Duration::from_secs(n.last_seen_secs_ago))
-                    ),
-                    n.endpoint.as_deref().unwrap_or("-")
-                );
-            }
+            let rows: Vec<Vec<String>> = nodes
+                .into_iter()
+                .map(|n| {
+                    vec![
+                        n.name,
+                        n.role,
+                        if n.mesh_ip.is_empty() {
+                            "-".into()
+                        } else {
+                            n.mesh_ip
+                        },
+                        if n.online { "yes" } else { "no" }.into(),
+                        format!(
+                            "{} ago",
+                            human_duration(Duration::from_secs(n.last_seen_secs_ago))
+                        ),
+                        n.endpoint.unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            let header = ["NAME", "ROLE", "MESH IP", "ONLINE", "LAST SEEN", "ENDPOINT"];
+            lanmesh_common::print_table(&header, &rows, usize::MAX);
             Ok(())
         }
         Command::Nodes(NodesCommand::Remove { name, dir }) => {

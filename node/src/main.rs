@@ -321,7 +321,7 @@ fn print_status(s: &api::Status) {
         s.mesh_ip,
         s.coordinator
     );
-    let rows: Vec<[String; 7]> = s
+    let rows: Vec<Vec<String>> = s
         .peers
         .iter()
         .map(|p| {
@@ -330,7 +330,7 @@ fn print_status(s: &api::Status) {
                 ("relay", _, Some(relay)) => format!("via relay {relay}"),
                 (other, _, _) => other.to_string(),
             };
-            [
+            vec![
                 p.name.clone(),
                 p.mesh_ip.clone(),
                 if p.online { "yes" } else { "no" }.to_string(),
@@ -342,30 +342,8 @@ fn print_status(s: &api::Status) {
             ]
         })
         .collect();
-    let header = ["PEER", "MESH IP", "ONLINE", "PATH", "HANDSHAKE", "RX", "TX"].map(String::from);
-    // Every column as wide as its widest cell, so long names never break the table.
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-            let pad = w - cell.chars().count();
-            // RX and TX are numbers: right-aligned.
-            if i >= 5 {
-                line.push_str(&" ".repeat(pad));
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
-                line.push_str(&" ".repeat(pad));
-            }
-            line.push_str("  ");
-        }
-        println!("{}", line.trim_end());
-    }
+    let header = ["PEER", "MESH IP", "ONLINE", "PATH", "HANDSHAKE", "RX", "TX"];
+    lanmesh_common::print_table(&header, &rows, 5);
 }
 
 fn human_bytes(n: u64) -> String {
