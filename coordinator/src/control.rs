@@ -261,16 +261,13 @@ impl<S: Store> ControlServer<S> {
     /// Answers STUN Binding requests (with the address they came from), when the answer is no
     /// larger than the request.
     fn handle_stun(&mut self, now_ms: u64, src: SocketAddr, data: &[u8]) {
-        let Some(stun::Message::BindingRequest(tx)) = stun::parse(data) else {
-            return self.dropped(now_ms, src, "not a STUN binding request");
-        };
         let mut out = [0u8; 64];
-        match stun::write_success(&tx, src, data.len(), &mut out) {
+        match stun::answer(src, data, &mut out) {
             Some(n) => self.outbox.push_back(Transmit {
                 dst: src,
                 payload: out[..n].to_vec(),
             }),
-            None => self.dropped(now_ms, src, "STUN request too small to answer"),
+            None => self.dropped(now_ms, src, "not an answerable STUN binding request"),
         }
     }
 

@@ -170,8 +170,9 @@ async fn serve(
             },
             r = recv_stun(second_stun.as_ref(), &mut stun_buf) => {
                 if let (Ok((n, src)), Some(socket)) = (r, second_stun.as_ref()) {
-                    if let Some(answer) = stun_answer(src, &stun_buf[..n]) {
-                        let _ = socket.try_send_to(&answer.0[..answer.1], src);
+                    let mut answer = [0u8; 64];
+                    if let Some(len) = stun::answer(src, &stun_buf[..n], &mut answer) {
+                        let _ = socket.try_send_to(&answer[..len], src);
                     }
                 }
             }
@@ -194,16 +195,6 @@ async fn recv_stun(
         Some(s) => s.recv_from(buf).await,
         None => std::future::pending().await,
     }
-}
-
-/// The answer to a STUN Binding request, when it is one and the answer is no larger.
-fn stun_answer(src: SocketAddr, request: &[u8]) -> Option<([u8; 64], usize)> {
-    let stun::Message::BindingRequest(tx) = stun::parse(request)? else {
-        return None;
-    };
-    let mut out = [0u8; 64];
-    let n = stun::write_success(&tx, src, request.len(), &mut out)?;
-    Some((out, n))
 }
 
 fn print_banner(

@@ -152,6 +152,16 @@ pub fn write_request(transaction: &TransactionId, out: &mut [u8; REQUEST_LEN]) -
     REQUEST_LEN
 }
 
+/// The answer a STUN server gives `request` from `src`, written into `out` (64 bytes are
+/// enough): only for a well-formed Binding request, and only when the answer is no larger than
+/// the request. Returns the answer's length.
+pub fn answer(src: SocketAddr, request: &[u8], out: &mut [u8]) -> Option<usize> {
+    let Message::BindingRequest(tx) = parse(request)? else {
+        return None;
+    };
+    write_success(&tx, src, request.len(), out)
+}
+
 /// The success response telling `transaction`'s sender it came from `mapped`, written into
 /// `out`, if it fits in `max_len` bytes (the request's length). Returns its length.
 pub fn write_success(

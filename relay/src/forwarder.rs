@@ -170,11 +170,9 @@ impl Forwarder {
         frame: &[u8],
         out: &mut impl FnMut(SocketAddr, &[u8]),
     ) {
-        if let Some(stun::Message::BindingRequest(tx)) = stun::parse(frame) {
-            let mut answer = [0u8; 64];
-            if let Some(n) = stun::write_success(&tx, src, frame.len(), &mut answer) {
-                out(src, &answer[..n]);
-            }
+        let mut answer = [0u8; 64];
+        if let Some(n) = stun::answer(src, frame, &mut answer) {
+            out(src, &answer[..n]);
         }
     }
 
