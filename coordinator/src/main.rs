@@ -1,19 +1,11 @@
 //! `coordinator`: registers lanmesh nodes, hands out mesh IPs and tells every node about its
 //! peers.
 
-mod control;
-mod data_dir;
-mod registry;
-mod serve;
-mod store;
-
-#[cfg(test)]
-mod control_tests;
+use lanmesh_coordinator::{data_dir, serve, store, DataDirArg};
 
 use anyhow::bail;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use lanmesh_common::{exit_on_error, init_logging, load_config, parse_duration, unix_ms};
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -43,13 +35,6 @@ enum Command {
     Nodes(NodesCommand),
 }
 
-#[derive(Args, Clone)]
-pub struct DataDirArg {
-    /// Where the coordinator keeps its key and database
-    /// [default: /var/lib/lanmesh-coordinator as root, else ~/.local/share/lanmesh-coordinator].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-}
 
 #[derive(Subcommand)]
 enum KeysCommand {

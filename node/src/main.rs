@@ -1,15 +1,6 @@
 //! `node`: joins this machine to a lanmesh network.
 
-mod api;
-mod daemon;
-mod mesh;
-mod netconf;
-mod paths;
-mod relays;
-mod stun_client;
-
-#[cfg(test)]
-mod mesh_tests;
+use lanmesh_node::{api, daemon, mesh};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};

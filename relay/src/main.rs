@@ -1,10 +1,7 @@
 //! `relay`: forwards WireGuard ciphertext between lanmesh members that cannot reach each other
 //! directly (symmetric NATs, carrier-grade NAT), and never for anyone else.
 
-mod daemon;
-mod forwarder;
-#[cfg(test)]
-mod forwarder_tests;
+use lanmesh_relay::daemon;
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};

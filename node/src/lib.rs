@@ -1,0 +1,14 @@
+//! The lanmesh node as a library: the sans-IO cores (path finder, relay client, data plane,
+//! STUN client), the local API types and the tokio driver. The `node` binary is a thin CLI
+//! around them; the fuzz targets drive the cores directly.
+
+pub mod api;
+pub mod daemon;
+pub mod mesh;
+pub mod netconf;
+pub mod paths;
+pub mod relays;
+pub mod stun_client;
+
+#[cfg(test)]
+mod mesh_tests;
