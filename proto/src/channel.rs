@@ -3,13 +3,16 @@
 //! datagram transport with explicit counters and a replay window.
 //!
 //! Datagrams:
-//! - Hello:     header | node session u32 | Noise IK message 1 (payload: [`Hello`], padded)
+//! - HelloMac:  header | node session u32 | Noise IK message 1 (payload: [`Hello`], padded)
+//!   | mac1 | mac2 (see [`crate::cookie`]); the older form `Hello` has no MACs
 //! - Welcome:   header | coordinator session u32 | node session u32 | Noise IK message 2
 //! - Transport: header | receiver session u32 | counter u64 | ciphertext
 //!
 //! A Hello is replayable by design of IK's first message, so [`Hello::timestamp`] must grow;
-//! the coordinator enforces that per node key.
+//! the coordinator enforces that per node key (and keeps the high-water mark across restarts),
+//! and it drops a Hello whose ephemeral key it saw recently before any Diffie-Hellman.
 
+use crate::cookie::{self, Cookie, Mac16, Mac1Key, MACS_LEN};
 use crate::header::{write_header, ControlHeader, ControlKind, HEADER_LEN, PROTOCOL_VERSION};
 use crate::key::PublicKey;
 use crate::messages::{self, DecodeError, Hello, Welcome, HELLO_PLAINTEXT, MAX_PLAINTEXT};
@@ -59,21 +62,68 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
+/// Noise IK message 1 with a [`Hello`] payload: 32 (ephemeral) + 48 (static) + payload + 16.
+const NOISE_HELLO_LEN: usize = 32 + 48 + HELLO_PLAINTEXT + TAG;
+/// Length of a Hello datagram with MACs.
+pub const HELLO_MAC_LEN: usize = HEADER_LEN + 4 + NOISE_HELLO_LEN + MACS_LEN;
+/// Length of a Hello datagram in the older form, without MACs.
+pub const HELLO_LEGACY_LEN: usize = HEADER_LEN + 4 + NOISE_HELLO_LEN;
+
+/// Which form a Hello datagram of this version takes, judged from its header and length only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloForm {
+    /// With mac1 and mac2.
+    Macs,
+    /// The older form without MACs.
+    Legacy,
+}
+
+/// The form of a Hello datagram, or `None` if it is not one (wrong kind, version or length).
+pub fn hello_form(datagram: &[u8]) -> Option<HelloForm> {
+    let h = ControlHeader::parse(datagram)?;
+    if h.version != PROTOCOL_VERSION {
+        return None;
+    }
+    match (h.kind?, datagram.len()) {
+        (ControlKind::HelloMac, HELLO_MAC_LEN) => Some(HelloForm::Macs),
+        (ControlKind::Hello, HELLO_LEGACY_LEN) => Some(HelloForm::Legacy),
+        _ => None,
+    }
+}
+
+/// The node session index a Hello datagram claims (unauthenticated).
+pub fn hello_session(datagram: &[u8]) -> Option<u32> {
+    hello_form(datagram)?;
+    Some(u32_at(datagram, HEADER_LEN))
+}
+
+/// The ephemeral public key of a Hello (unauthenticated): an honest node never uses one twice,
+/// so a repeat is a replay.
+pub fn hello_ephemeral(datagram: &[u8]) -> Option<[u8; 32]> {
+    hello_form(datagram)?;
+    datagram[HEADER_LEN + 4..HEADER_LEN + 36].try_into().ok()
+}
+
 /// The node's side of a handshake in flight.
 pub struct Initiator {
     hs: HandshakeState,
     session: u32,
+    /// The Hello datagram as sent (its MACs are redone when a cookie arrives).
+    datagram: Vec<u8>,
+    mac1: Option<Mac16>,
 }
 
 impl Initiator {
-    /// Starts a handshake towards `coordinator`, writing the Hello datagram into `out`
-    /// (at least [`MAX_DATAGRAM`] bytes). Returns the initiator and the datagram length.
+    /// Starts a handshake towards `coordinator`. The Hello datagram (see
+    /// [`Initiator::datagram`]) has MACs unless `form` is [`HelloForm::Legacy`], for
+    /// coordinators older than them.
     pub fn start(
         local_private: &[u8; 32],
         coordinator: &PublicKey,
         hello: &Hello,
-        out: &mut [u8],
-    ) -> Result<(Initiator, usize), ChannelError> {
+        form: HelloForm,
+    ) -> Result<Initiator, ChannelError> {
+        let mut out = [0u8; MAX_DATAGRAM];
         let mut hs = Builder::new(params())
             .local_private_key(local_private)
             .remote_public_key(coordinator.as_bytes())
@@ -82,23 +132,54 @@ impl Initiator {
             .map_err(|_| ChannelError::Unauthenticated)?;
         let mut plain = [0u8; HELLO_PLAINTEXT];
         let n = messages::encode(hello, &mut plain, HELLO_PLAINTEXT)?;
-        let mut at = write_header(ControlKind::Hello, out);
+        if n != HELLO_PLAINTEXT {
+            return Err(ChannelError::Decode(DecodeError::TooLarge));
+        }
+        let kind = match form {
+            HelloForm::Macs => ControlKind::HelloMac,
+            HelloForm::Legacy => ControlKind::Hello,
+        };
+        let mut at = write_header(kind, &mut out);
         out[at..at + 4].copy_from_slice(&hello.session.to_le_bytes());
         at += 4;
         let len = hs
             .write_message(&plain[..n], &mut out[at..])
             .map_err(|_| ChannelError::Truncated)?;
-        Ok((
-            Initiator {
-                hs,
-                session: hello.session,
-            },
-            at + len,
-        ))
+        at += len;
+        let mac1 = match form {
+            HelloForm::Macs => {
+                at += MACS_LEN;
+                Mac1Key::for_coordinator(coordinator).write(&mut out[..at])
+            }
+            HelloForm::Legacy => None,
+        };
+        Ok(Initiator {
+            hs,
+            session: hello.session,
+            datagram: out[..at].to_vec(),
+            mac1,
+        })
     }
 
     pub fn session(&self) -> u32 {
         self.session
+    }
+
+    /// The Hello datagram to send.
+    pub fn datagram(&self) -> &[u8] {
+        &self.datagram
+    }
+
+    /// The Hello's mac1 (`None` for the legacy form): what a cookie reply is bound to.
+    pub fn mac1(&self) -> Option<Mac16> {
+        self.mac1
+    }
+
+    /// Puts mac2 made with `cookie` on the Hello (to send it again).
+    pub fn apply_cookie(&mut self, cookie: &Cookie) {
+        if self.mac1.is_some() {
+            cookie::write_mac2(cookie, &mut self.datagram);
+        }
     }
 
     /// Whether `datagram` claims to be the Welcome for this handshake (a cheap check before
@@ -140,12 +221,13 @@ pub struct IncomingHello {
 }
 
 impl IncomingHello {
-    /// Authenticates and decodes a Hello datagram addressed to `local_private`.
+    /// Authenticates and decodes a Hello datagram (either form) addressed to `local_private`.
+    /// Its MACs are not checked here: that is the cheap gate in front of this.
     pub fn read(local_private: &[u8; 32], datagram: &[u8]) -> Result<IncomingHello, ChannelError> {
-        expect_kind(datagram, ControlKind::Hello, HEADER_LEN + 4 + 96)?;
-        if datagram.len() > MAX_DATAGRAM {
-            return Err(ChannelError::Truncated);
-        }
+        let noise = match hello_form(datagram).ok_or(ChannelError::WrongKind)? {
+            HelloForm::Macs => &datagram[HEADER_LEN + 4..datagram.len() - MACS_LEN],
+            HelloForm::Legacy => &datagram[HEADER_LEN + 4..],
+        };
         let mut hs = Builder::new(params())
             .local_private_key(local_private)
             .prologue(PROLOGUE)
@@ -153,7 +235,7 @@ impl IncomingHello {
             .map_err(|_| ChannelError::Unauthenticated)?;
         let mut plain = [0u8; MAX_PLAINTEXT];
         let n = hs
-            .read_message(&datagram[HEADER_LEN + 4..], &mut plain)
+            .read_message(noise, &mut plain)
             .map_err(|_| ChannelError::Unauthenticated)?;
         let hello: Hello = messages::decode(&plain[..n])?;
         if hello.session != u32_at(datagram, HEADER_LEN) {
@@ -295,6 +377,7 @@ mod tests {
             join: None,
             local_endpoints: vec![],
             role: crate::messages::Role::Node,
+            capabilities: crate::messages::caps::ALL,
         }
     }
 
@@ -309,15 +392,19 @@ mod tests {
             map_version: 1,
             endpoint: "203.0.113.1:5".parse().unwrap(),
             stun_port: None,
+            capabilities: crate::messages::caps::ALL,
         }
     }
 
     fn establish() -> (Session, Session) {
         let (node_sk, node_pk) = keypair(1);
         let (coord_sk, coord_pk) = keypair(2);
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let (init, n) = Initiator::start(&node_sk, &coord_pk, &hello(), &mut buf).unwrap();
-        let incoming = IncomingHello::read(&coord_sk, &buf[..n]).unwrap();
+        let init = Initiator::start(&node_sk, &coord_pk, &hello(), HelloForm::Macs).unwrap();
+        let n = init.datagram().len();
+        assert_eq!(n, HELLO_MAC_LEN);
+        assert_eq!(hello_form(init.datagram()), Some(HelloForm::Macs));
+        assert!(Mac1Key::for_coordinator(&coord_pk).verify(init.datagram()));
+        let incoming = IncomingHello::read(&coord_sk, init.datagram()).unwrap();
         assert_eq!(incoming.remote, node_pk);
         assert_eq!(incoming.hello, hello());
         let mut out = [0u8; MAX_DATAGRAM];
@@ -366,21 +453,52 @@ mod tests {
         let (node_sk, _) = keypair(1);
         let (_, coord_pk) = keypair(2);
         let (other_sk, _) = keypair(3);
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let (_, n) = Initiator::start(&node_sk, &coord_pk, &hello(), &mut buf).unwrap();
+        let init = Initiator::start(&node_sk, &coord_pk, &hello(), HelloForm::Macs).unwrap();
         assert!(matches!(
-            IncomingHello::read(&other_sk, &buf[..n]),
+            IncomingHello::read(&other_sk, init.datagram()),
             Err(ChannelError::Unauthenticated)
         ));
+    }
+
+    #[test]
+    fn the_legacy_form_still_works_and_a_cookie_makes_mac2() {
+        let (node_sk, node_pk) = keypair(1);
+        let (coord_sk, coord_pk) = keypair(2);
+        let init = Initiator::start(&node_sk, &coord_pk, &hello(), HelloForm::Legacy).unwrap();
+        assert_eq!(init.datagram().len(), HELLO_LEGACY_LEN);
+        assert_eq!(init.mac1(), None);
+        assert_eq!(hello_session(init.datagram()), Some(42));
+        let incoming = IncomingHello::read(&coord_sk, init.datagram()).unwrap();
+        assert_eq!(incoming.remote, node_pk);
+
+        let mut init = Initiator::start(&node_sk, &coord_pk, &hello(), HelloForm::Macs).unwrap();
+        let before = init.datagram().to_vec();
+        let maker = cookie::CookieMaker::new(&coord_pk, [3; 32], 0);
+        let src: std::net::SocketAddr = "198.51.100.1:41641".parse().unwrap();
+        let reply = maker.reply(src, 42, &init.mac1().unwrap(), [0; 24]);
+        let c = cookie::CookieOpener::for_coordinator(&coord_pk)
+            .open(&reply, 42, &init.mac1().unwrap())
+            .unwrap();
+        init.apply_cookie(&c);
+        assert_eq!(
+            init.datagram()[..before.len() - 16],
+            before[..before.len() - 16]
+        );
+        assert!(maker.verify_mac2(src, init.datagram()));
+        assert!(Mac1Key::for_coordinator(&coord_pk).verify(init.datagram()));
+        assert_eq!(hello_ephemeral(init.datagram()), hello_ephemeral(&before));
+        // Not a hello: wrong length or kind.
+        assert_eq!(hello_form(&before[..before.len() - 1]), None);
+        assert_eq!(hello_form(&reply), None);
     }
 
     #[test]
     fn rejection_is_authenticated_and_carries_no_session() {
         let (node_sk, _) = keypair(1);
         let (coord_sk, coord_pk) = keypair(2);
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let (init, n) = Initiator::start(&node_sk, &coord_pk, &hello(), &mut buf).unwrap();
-        let incoming = IncomingHello::read(&coord_sk, &buf[..n]).unwrap();
+        let init = Initiator::start(&node_sk, &coord_pk, &hello(), HelloForm::Macs).unwrap();
+        let n = init.datagram().len();
+        let incoming = IncomingHello::read(&coord_sk, init.datagram()).unwrap();
         let reject = Welcome::Rejected {
             reason: RejectReason::KeyUsed,
             message: "x".repeat(200),

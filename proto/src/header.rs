@@ -43,7 +43,8 @@ pub enum ControlKind {
     KeyRequest = 1,
     /// Coordinator → node: the coordinator's public key.
     KeyResponse = 2,
-    /// Node → coordinator: Noise IK message 1.
+    /// Node → coordinator: Noise IK message 1 (the form without MACs; see
+    /// [`ControlKind::HelloMac`]).
     Hello = 3,
     /// Coordinator → node: Noise IK message 2.
     Welcome = 4,
@@ -62,6 +63,12 @@ pub enum ControlKind {
     RelaySend = 10,
     /// Relay → node: a WireGuard datagram from a member.
     RelayDeliver = 11,
+    /// Node → coordinator: Noise IK message 1 followed by mac1 and mac2 (see `cookie`). A
+    /// coordinator checks mac1 before any Diffie-Hellman; [`ControlKind::Hello`] is the older
+    /// form without MACs, still accepted when the coordinator is not under load.
+    HelloMac = 12,
+    /// Coordinator → node, under load: the cookie to put in mac2 (see `cookie`).
+    CookieReply = 13,
 }
 
 impl ControlKind {
@@ -79,6 +86,8 @@ impl ControlKind {
             9 => RelayBound,
             10 => RelaySend,
             11 => RelayDeliver,
+            12 => HelloMac,
+            13 => CookieReply,
             _ => return None,
         })
     }

@@ -7,14 +7,17 @@ pub mod channel;
 pub mod client;
 #[cfg(test)]
 mod client_tests;
+pub mod cookie;
 pub mod header;
 pub mod join_key;
 pub mod key;
 pub mod log_limit;
 pub mod messages;
 pub mod probe;
+pub mod rate;
 pub mod relay;
 pub mod replay;
+pub mod stamp;
 pub mod stun;
 
 pub use header::{PacketClass, PROTOCOL_VERSION};

@@ -3,12 +3,19 @@
 //! Every decoder here works on a datagram that already fits in [`MAX_PLAINTEXT`] bytes, so no
 //! decoded value can be larger than its input; `decode` additionally checks the documented
 //! limits (name length, endpoints per peer, peers per page).
+//!
+//! **Evolution.** Neighbouring versions must understand each other, so messages only ever
+//! change by (a) new enum variants, which an older peer fails to decode and drops, and are only
+//! sent to peers that announced the matching capability, and (b) new fields appended at the
+//! *end* of a message: an older decoder stops before them (trailing bytes are padding to it),
+//! and [`decode`] reads a field missing from an older peer's shorter message as zero (0,
+//! `None`, empty, `false`), so every appended field has zero mean "absent".
 
 use crate::join_key::JoinSecret;
 use crate::key::PublicKey;
 use ipnet::Ipv4Net;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Largest plaintext inside one control datagram. With 32 bytes of framing and tag the datagram
 /// stays under 1280 bytes, which crosses any IPv4 or IPv6 path unfragmented.
@@ -44,6 +51,19 @@ pub struct Hello {
     pub local_endpoints: Vec<SocketAddr>,
     /// A mesh node, or a relay joining with a relay key.
     pub role: Role,
+    /// What this node understands ([`caps`]; 0 from nodes older than capabilities).
+    pub capabilities: u64,
+}
+
+/// Capability bits, announced in [`Hello::capabilities`] and [`Welcome::Accepted`].
+pub mod caps {
+    /// Speaks [`super::ToCoordinator::GetChanges`] / [`super::ToNode::Changes`] (map deltas).
+    pub const MAP_DELTAS: u64 = 1;
+    /// Address validation: the coordinator puts a challenge in a heartbeat ack sent to an
+    /// address it has not validated; the node echoes it in its next heartbeat from there.
+    pub const ADDRESS_CHALLENGE: u64 = 2;
+    /// Everything this build speaks.
+    pub const ALL: u64 = MAP_DELTAS | ADDRESS_CHALLENGE;
 }
 
 /// What joins the coordinator.
@@ -75,6 +95,22 @@ pub enum RejectReason {
     NetworkFull,
     /// Anything else (the message says what).
     Other,
+    /// Not now (e.g. an open coordinator's registration limits): try again later.
+    TryLater,
+}
+
+impl RejectReason {
+    /// Whether the rejection is about the join key the node came with: something only the
+    /// user can fix (a node that was never admitted stops on it; anything else is retried).
+    pub fn is_about_the_key(self) -> bool {
+        matches!(
+            self,
+            RejectReason::KeyRequired
+                | RejectReason::KeyUnknown
+                | RejectReason::KeyUsed
+                | RejectReason::KeyExpired
+        )
+    }
 }
 
 /// Coordinator → node, inside Noise IK message 2.
@@ -94,6 +130,8 @@ pub enum Welcome {
         /// A second port on the coordinator's address that answers STUN: with the main port
         /// it tells whether the node's NAT mapping varies by destination.
         stun_port: Option<u16>,
+        /// What the coordinator understands ([`caps`]; 0 from older coordinators).
+        capabilities: u64,
     },
     Rejected {
         reason: RejectReason,
@@ -106,12 +144,17 @@ pub enum Welcome {
 pub enum ToCoordinator {
     /// "I am alive; this is the peer map version I hold, and these are my interface
     /// endpoints now."
+    /// Padded by the sender to [`HEARTBEAT_LEN`] bytes (the coordinator never answers with more
+    /// bytes than a request had).
     Heartbeat {
         map_version: u64,
         local_endpoints: Vec<SocketAddr>,
+        /// The challenge of the last [`ToNode::HeartbeatAck`], echoed from the address it was
+        /// sent to (0: none).
+        echo: u64,
     },
     /// Asks for the page of the peer map starting at `offset`. The sender pads it with zeros to
-    /// [`MAX_PLAINTEXT`] bytes, so the page it earns is never larger than the request.
+    /// [`MAX_PLAINTEXT`] bytes: the coordinator fits the page it earns into the request's size.
     GetPeers { map_version: u64, offset: u32 },
     /// "I have traffic for `peer` and no working path": the coordinator tells both sides to
     /// probe each other at once. Padded by the sender to [`PUNCH_REQUEST_LEN`] bytes, so the
@@ -119,10 +162,20 @@ pub enum ToCoordinator {
     Punch { peer: PublicKey },
     /// The node is going down.
     Goodbye,
+    /// Asks for what changed in the peer map since version `since` (which the node holds
+    /// whole), page `offset` of the changes up to `map_version`. Padded like `GetPeers`.
+    /// Only sent to coordinators with [`caps::MAP_DELTAS`].
+    GetChanges {
+        since: u64,
+        map_version: u64,
+        offset: u32,
+    },
 }
 
 /// Plaintext size of a padded punch request (a [`ToNode::Punch`] fits in it).
 pub const PUNCH_REQUEST_LEN: usize = 256;
+/// Plaintext size of a padded heartbeat (a [`ToNode::HeartbeatAck`] fits in it).
+pub const HEARTBEAT_LEN: usize = 64;
 
 /// What the coordinator tells a node on an established session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +183,9 @@ pub enum ToNode {
     HeartbeatAck {
         map_version: u64,
         endpoint: SocketAddr,
+        /// Non-zero when this ack went to an address the coordinator has not validated for
+        /// the session: echo it in a heartbeat from there.
+        challenge: u64,
     },
     /// The peer map changed; pull it.
     MapChanged { map_version: u64 },
@@ -148,6 +204,27 @@ pub enum ToNode {
     },
     /// The node was removed by an admin; its session ends.
     Removed,
+    /// One page of the changes to the peer map between `since` and `map_version`: peers
+    /// `offset .. offset + changes.len()` of `total`. With `reset`, the coordinator no longer
+    /// knows what changed since `since`: the pages hold the whole map, and whatever is not in
+    /// them is gone.
+    Changes {
+        map_version: u64,
+        since: u64,
+        offset: u32,
+        total: u32,
+        reset: bool,
+        changes: Vec<Change>,
+    },
+}
+
+/// One entry of a [`ToNode::Changes`] page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// A peer that is new or whose entry changed.
+    Peer(PeerInfo),
+    /// A peer that was removed.
+    Removed(PublicKey),
 }
 
 /// Where a node may be reached.
@@ -162,6 +239,46 @@ pub struct Candidates {
 impl Candidates {
     fn within_limits(&self) -> bool {
         self.local.len() <= MAX_ENDPOINTS
+    }
+}
+
+/// Whether a reported interface (LAN) endpoint could be one: a private, shared (carrier NAT)
+/// or unique-local address outside the mesh network, or the node's own public address (a host
+/// with a public address on an interface). Loopback, link-local, multicast, broadcast,
+/// unspecified, port 0 and anyone else's public address are refused: peers would probe them.
+pub fn plausible_local(addr: &SocketAddr, mesh: Ipv4Net, public: Option<IpAddr>) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    if Some(addr.ip()) == public {
+        return true;
+    }
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            let shared = Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 10)
+                .expect("valid")
+                .contains(&ip);
+            (ip.is_private() || shared) && !mesh.contains(&ip)
+        }
+        IpAddr::V6(ip) => (ip.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Whether a public endpoint could be one: a unicast address outside the mesh network.
+pub fn plausible_public(addr: &SocketAddr, mesh: Ipv4Net) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || ip.is_broadcast()
+                || ip.is_link_local()
+                || mesh.contains(&ip))
+        }
+        IpAddr::V6(ip) => !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast()),
     }
 }
 
@@ -190,13 +307,22 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut [u8], pad_to: usize) -> Result<us
     Ok(len)
 }
 
-/// Decodes a message from the front of `bytes` (trailing padding is ignored).
+/// Zero bytes read past the end of a message for fields an older peer did not send.
+const EXTENSION: usize = 64;
+
+/// Decodes a message from the front of `bytes` (trailing padding is ignored; fields missing at
+/// the end, from an older peer, read as zero: see the module docs).
 pub fn decode<T: DeserializeOwned + Checked>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_PLAINTEXT {
         return Err(DecodeError::TooLarge);
     }
-    let (msg, _padding) =
-        postcard::take_from_bytes::<T>(bytes).map_err(|_| DecodeError::Malformed)?;
+    if bytes.is_empty() {
+        return Err(DecodeError::Malformed);
+    }
+    let mut extended = [0u8; MAX_PLAINTEXT + EXTENSION];
+    extended[..bytes.len()].copy_from_slice(bytes);
+    let (msg, _padding) = postcard::take_from_bytes::<T>(&extended[..bytes.len() + EXTENSION])
+        .map_err(|_| DecodeError::Malformed)?;
     if !msg.within_limits() {
         return Err(DecodeError::TooLarge);
     }
@@ -245,6 +371,10 @@ impl Checked for ToNode {
                 .iter()
                 .all(|p| name_ok(&p.name) && p.candidates.within_limits()),
             ToNode::Punch { candidates, .. } => candidates.within_limits(),
+            ToNode::Changes { changes, .. } => changes.iter().all(|c| match c {
+                Change::Peer(p) => name_ok(&p.name) && p.candidates.within_limits(),
+                Change::Removed(_) => true,
+            }),
             _ => true,
         }
     }
@@ -286,6 +416,7 @@ mod tests {
             }),
             local_endpoints: vec!["10.1.0.2:41641".parse().unwrap(); MAX_ENDPOINTS],
             role: Role::Node,
+            capabilities: caps::ALL,
         };
         let n = encode(&hello, &mut buf, HELLO_PLAINTEXT).unwrap();
         assert_eq!(n, HELLO_PLAINTEXT);
@@ -322,6 +453,7 @@ mod tests {
             }),
             local_endpoints: vec!["[2001:db8::1]:65535".parse().unwrap(); MAX_ENDPOINTS],
             role: Role::Relay,
+            capabilities: u64::MAX,
         };
         assert!(encode(&hello, &mut buf, 0).unwrap() <= HELLO_PLAINTEXT);
         let punch = ToNode::Punch {
@@ -350,6 +482,7 @@ mod tests {
             join: None,
             local_endpoints: vec![],
             role: Role::Node,
+            capabilities: 0,
         };
         let n = encode(&long, &mut buf, 0).unwrap();
         assert_eq!(decode::<Hello>(&buf[..n]), Err(DecodeError::TooLarge));
@@ -378,5 +511,170 @@ mod tests {
         // A PeerPage claiming 2^32 peers in a few bytes: must fail, not allocate.
         let bytes = [2u8, 1, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
         assert!(decode::<ToNode>(&bytes).is_err());
+    }
+
+    /// The messages as version 0.1 (before capabilities) encoded them.
+    mod old {
+        use super::super::{Candidates, MeshAddress, Role};
+        use crate::join_key::JoinSecret;
+        use serde::{Deserialize, Serialize};
+        use std::net::SocketAddr;
+
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        pub struct Hello {
+            pub timestamp: u64,
+            pub session: u32,
+            pub name: String,
+            pub join: Option<JoinSecret>,
+            pub local_endpoints: Vec<SocketAddr>,
+            pub role: Role,
+        }
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        pub enum Welcome {
+            Accepted {
+                name: String,
+                mesh: Option<MeshAddress>,
+                heartbeat_secs: u16,
+                map_version: u64,
+                endpoint: SocketAddr,
+                stun_port: Option<u16>,
+            },
+        }
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        pub enum ToNode {
+            HeartbeatAck {
+                map_version: u64,
+                endpoint: SocketAddr,
+            },
+            MapChanged {
+                map_version: u64,
+            },
+            PeerPage,
+            Punch {
+                peer: crate::PublicKey,
+                candidates: Candidates,
+            },
+        }
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        pub enum ToCoordinator {
+            Heartbeat {
+                map_version: u64,
+                local_endpoints: Vec<SocketAddr>,
+            },
+        }
+    }
+
+    #[test]
+    fn neighbouring_versions_understand_each_other() {
+        let mut buf = [0u8; MAX_PLAINTEXT];
+        let ep: SocketAddr = "203.0.113.5:41641".parse().unwrap();
+        // An old node's Hello (zero-padded, as old nodes send it) reads as "no capabilities".
+        let old_hello = old::Hello {
+            timestamp: 5,
+            session: 6,
+            name: "old".into(),
+            join: None,
+            local_endpoints: vec![ep],
+            role: Role::Node,
+        };
+        let n = encode(&old_hello, &mut buf, HELLO_PLAINTEXT).unwrap();
+        let h: Hello = decode(&buf[..n]).unwrap();
+        assert_eq!((h.timestamp, h.capabilities), (5, 0));
+        // A new coordinator's Welcome reads fine in an old node (capabilities are padding).
+        let welcome = Welcome::Accepted {
+            name: "n".into(),
+            mesh: None,
+            heartbeat_secs: 5,
+            map_version: 9,
+            endpoint: ep,
+            stun_port: Some(3480),
+            capabilities: caps::ALL,
+        };
+        let n = encode(&welcome, &mut buf, 0).unwrap();
+        let (w, _) = postcard::take_from_bytes::<old::Welcome>(&buf[..n]).unwrap();
+        assert!(matches!(w, old::Welcome::Accepted { map_version: 9, .. }));
+        // An old coordinator's (unpadded) Welcome reads in a new node, with no capabilities.
+        let old_welcome = old::Welcome::Accepted {
+            name: "n".into(),
+            mesh: None,
+            heartbeat_secs: 5,
+            map_version: 9,
+            endpoint: ep,
+            stun_port: None,
+        };
+        let n = encode(&old_welcome, &mut buf, 0).unwrap();
+        match decode::<Welcome>(&buf[..n]).unwrap() {
+            Welcome::Accepted {
+                capabilities,
+                stun_port,
+                ..
+            } => assert_eq!((capabilities, stun_port), (0, None)),
+            w => panic!("{w:?}"),
+        }
+        // Acks with a challenge and heartbeats with an echo, both ways.
+        let ack = ToNode::HeartbeatAck {
+            map_version: 3,
+            endpoint: ep,
+            challenge: 77,
+        };
+        let n = encode(&ack, &mut buf, 0).unwrap();
+        let (a, _) = postcard::take_from_bytes::<old::ToNode>(&buf[..n]).unwrap();
+        assert_eq!(
+            a,
+            old::ToNode::HeartbeatAck {
+                map_version: 3,
+                endpoint: ep
+            }
+        );
+        let old_hb = old::ToCoordinator::Heartbeat {
+            map_version: 4,
+            local_endpoints: vec![],
+        };
+        let n = encode(&old_hb, &mut buf, 0).unwrap();
+        assert_eq!(
+            decode::<ToCoordinator>(&buf[..n]).unwrap(),
+            ToCoordinator::Heartbeat {
+                map_version: 4,
+                local_endpoints: vec![],
+                echo: 0
+            }
+        );
+        let hb = ToCoordinator::Heartbeat {
+            map_version: 4,
+            local_endpoints: vec![ep],
+            echo: 99,
+        };
+        let n = encode(&hb, &mut buf, HEARTBEAT_LEN).unwrap();
+        assert_eq!(n, HEARTBEAT_LEN);
+        let (h, _) = postcard::take_from_bytes::<old::ToCoordinator>(&buf[..n]).unwrap();
+        assert_eq!(
+            h,
+            old::ToCoordinator::Heartbeat {
+                map_version: 4,
+                local_endpoints: vec![ep]
+            }
+        );
+        // A variant an old node does not know fails to decode (it drops the datagram).
+        let changes = ToNode::Changes {
+            map_version: 2,
+            since: 1,
+            offset: 0,
+            total: 0,
+            reset: false,
+            changes: vec![],
+        };
+        let n = encode(&changes, &mut buf, 0).unwrap();
+        assert!(postcard::take_from_bytes::<old::ToNode>(&buf[..n]).is_err());
+    }
+
+    #[test]
+    fn a_full_heartbeat_ack_fits_a_padded_heartbeat() {
+        let mut buf = [0u8; MAX_PLAINTEXT];
+        let ack = ToNode::HeartbeatAck {
+            map_version: u64::MAX,
+            endpoint: "[2001:db8::1]:65535".parse().unwrap(),
+            challenge: u64::MAX,
+        };
+        assert!(encode(&ack, &mut buf, 0).unwrap() <= HEARTBEAT_LEN);
     }
 }

@@ -6,7 +6,10 @@
 //! the same size, so answering a ping never amplifies.
 //!
 //! Datagram (96 bytes): header | sender public key (32) | nonce (12) | sealed body (32 + 16)
-//! Body: kind (1: ping, 2: pong) | transaction (12) | observed address (family, 16 ip, 2 port)
+//! Body: kind (1: ping, 2: pong) | transaction (12) | then, in a pong, the observed address
+//! (family, 16 ip, 2 port) and, in a ping, the sender's counter (u64, little-endian): a
+//! receiver answers a ping only once (see [`crate::replay::StampWindow`]). Pings of nodes
+//! older than counters carry 0 there.
 
 use crate::header::{write_header, ControlHeader, ControlKind, HEADER_LEN, PROTOCOL_VERSION};
 use crate::key::PublicKey;
@@ -29,6 +32,8 @@ pub type Transaction = [u8; 12];
 pub enum Probe {
     Ping {
         tx: Transaction,
+        /// Grows from ping to ping of one sender (0: a sender older than counters).
+        counter: u64,
     },
     /// The answer to ping `tx`, telling the pinger where its ping came from.
     Pong {
@@ -77,14 +82,17 @@ impl ProbeKey {
         out[KEY_AT..NONCE_AT].copy_from_slice(me.as_bytes());
         out[NONCE_AT..BODY_AT].copy_from_slice(&nonce);
         let body = &mut out[BODY_AT..BODY_AT + BODY_LEN];
-        let (kind, tx, observed) = match probe {
-            Probe::Ping { tx } => (1, tx, None),
-            Probe::Pong { tx, observed } => (2, tx, Some(*observed)),
-        };
-        body[0] = kind;
-        body[1..13].copy_from_slice(tx);
-        if let Some(addr) = observed {
-            write_addr(addr, &mut body[13..32]);
+        match probe {
+            Probe::Ping { tx, counter } => {
+                body[0] = 1;
+                body[1..13].copy_from_slice(tx);
+                body[13..21].copy_from_slice(&counter.to_le_bytes());
+            }
+            Probe::Pong { tx, observed } => {
+                body[0] = 2;
+                body[1..13].copy_from_slice(tx);
+                write_addr(*observed, &mut body[13..32]);
+            }
         }
         let (head, rest) = out.split_at_mut(BODY_AT);
         let (body, tag) = rest.split_at_mut(BODY_LEN);
@@ -111,7 +119,10 @@ impl ProbeKey {
         let mut tx = [0u8; 12];
         tx.copy_from_slice(&body[1..13]);
         match body[0] {
-            1 => Some(Probe::Ping { tx }),
+            1 => Some(Probe::Ping {
+                tx,
+                counter: u64::from_le_bytes(body[13..21].try_into().ok()?),
+            }),
             2 => Some(Probe::Pong {
                 tx,
                 observed: read_addr(&body[13..32])?,
@@ -184,7 +195,10 @@ mod tests {
         let (sb, pb) = pair(2);
         let ka = ProbeKey::derive(&sa, &pa, &pb);
         let kb = ProbeKey::derive(&sb, &pb, &pa);
-        let ping = Probe::Ping { tx: [7; 12] };
+        let ping = Probe::Ping {
+            tx: [7; 12],
+            counter: 5,
+        };
         let d = ka.seal(&pa, &ping, [1; 12]);
         assert_eq!(d.len(), PROBE_LEN);
         assert_eq!(sender(&d), Some(pa));
@@ -206,10 +220,24 @@ mod tests {
         let kb = ProbeKey::derive(&sb, &pb, &pa);
         let kc = ProbeKey::derive(&sc, &pc, &pb);
         // c claims to be a.
-        let forged = kc.seal(&pa, &Probe::Ping { tx: [0; 12] }, [0; 12]);
+        let forged = kc.seal(
+            &pa,
+            &Probe::Ping {
+                tx: [0; 12],
+                counter: 1,
+            },
+            [0; 12],
+        );
         assert_eq!(kb.open(&forged), None);
         let ka = ProbeKey::derive(&sa, &pa, &pb);
-        let good = ka.seal(&pa, &Probe::Ping { tx: [0; 12] }, [0; 12]);
+        let good = ka.seal(
+            &pa,
+            &Probe::Ping {
+                tx: [0; 12],
+                counter: 1,
+            },
+            [0; 12],
+        );
         for i in 0..PROBE_LEN {
             let mut bad = good;
             bad[i] ^= 0x10;

@@ -66,6 +66,39 @@ impl ReplayWindow {
     }
 }
 
+/// A replay filter for sparse, growing 64-bit counters such as nanosecond timestamps (probe
+/// counters): it remembers the last few values it accepted, accepts a value it has not seen
+/// that is newer than the oldest of them, and refuses everything else. Small reorderings
+/// (pings to several addresses of one peer) pass; a replay never does.
+#[derive(Debug, Clone, Default)]
+pub struct StampWindow {
+    recent: [u64; STAMPS],
+}
+
+const STAMPS: usize = 32;
+
+impl StampWindow {
+    /// Accepts `stamp` (non-zero) once; returns whether it was fresh.
+    pub fn accept(&mut self, stamp: u64) -> bool {
+        if stamp == 0 || self.recent.contains(&stamp) {
+            return false;
+        }
+        // Replace the oldest remembered value (0 while the window is filling up).
+        let (i, floor) = self
+            .recent
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by_key(|(_, v)| *v)
+            .expect("non-empty");
+        if stamp < floor {
+            return false;
+        }
+        self.recent[i] = stamp;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +133,27 @@ mod tests {
         assert!(w.accept(1 + WINDOW));
         assert!(!w.accept(1 + WINDOW));
         assert!(w.accept(2 + WINDOW / 2));
+    }
+
+    #[test]
+    fn stamp_window_accepts_each_stamp_once_and_tolerates_small_reordering() {
+        let mut w = StampWindow::default();
+        assert!(!w.accept(0));
+        assert!(w.accept(1_000));
+        assert!(!w.accept(1_000));
+        assert!(
+            w.accept(999),
+            "a little older, unseen: fine while the window fills"
+        );
+        for s in 2_000..2_100 {
+            assert!(w.accept(s));
+        }
+        // The window now holds 2068..2099: older values are refused, seen ones too.
+        assert!(!w.accept(1_000));
+        assert!(!w.accept(2_050));
+        assert!(!w.accept(2_099));
+        assert!(w.accept(5_000));
+        assert!(w.accept(4_000), "newer than the oldest remembered");
+        assert!(!w.accept(4_000));
     }
 }
