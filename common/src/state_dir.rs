@@ -5,6 +5,7 @@
 
 use crate::key_file::{load_or_create_private_key, write_private_file};
 use anyhow::{bail, Context};
+use lanmesh_proto::stamp::StampFloor;
 use lanmesh_proto::PublicKey;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -62,6 +63,44 @@ impl StateDir {
         }
     }
 
+    fn stamp_file(&self) -> PathBuf {
+        self.path.join("stamp-floor")
+    }
+
+    /// The persisted floor for the daemon's timestamps (see `lanmesh_proto::stamp`); 0 when
+    /// there is none yet (or it is damaged: the clock is then the only floor).
+    pub fn stamp_floor(&self) -> u64 {
+        fs::read_to_string(self.stamp_file())
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Persists a new floor for the daemon's timestamps (written atomically).
+    pub fn save_stamp_floor(&self, floor: u64) -> anyhow::Result<()> {
+        let tmp = self.path.join("stamp-floor.tmp");
+        let _ = fs::remove_file(&tmp);
+        write_private_file(&tmp, &format!("{floor}\n"))?;
+        fs::rename(&tmp, self.stamp_file()).context("cannot save the timestamp floor")
+    }
+
+    /// Starts the daemon's timestamps: returns the floor they start above, and the persisted
+    /// floor to renew with [`StateDir::renew_stamps`] as the clock runs.
+    pub fn start_stamps(&self, wall_ns: u64) -> anyhow::Result<(u64, StampFloor)> {
+        let (start, floor) = StampFloor::start(self.stamp_floor(), wall_ns);
+        self.save_stamp_floor(floor.persisted)?;
+        Ok((start, floor))
+    }
+
+    /// Moves the persisted floor ahead when the clock comes close to it (cheap to call often).
+    pub fn renew_stamps(&self, floor: &mut StampFloor, wall_ns: u64) {
+        if let Some(new) = floor.renew(wall_ns) {
+            if let Err(e) = self.save_stamp_floor(new) {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+
     pub fn pin_coordinator(&self, key: &PublicKey) -> anyhow::Result<()> {
         let tmp = self.path.join("coordinator.pub.tmp");
         let _ = fs::remove_file(&tmp);
@@ -91,6 +130,10 @@ mod tests {
         s.pin_coordinator(&PublicKey([3; 32])).unwrap();
         s.pin_coordinator(&PublicKey([4; 32])).unwrap();
         assert_eq!(s.pinned_coordinator().unwrap(), Some(PublicKey([4; 32])));
+        assert_eq!(s.stamp_floor(), 0);
+        s.save_stamp_floor(17).unwrap();
+        s.save_stamp_floor(18).unwrap();
+        assert_eq!(s.stamp_floor(), 18);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

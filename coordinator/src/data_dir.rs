@@ -1,7 +1,10 @@
-//! The coordinator's data directory: its private key (`coordinator.key`, mode 0600) and the
-//! SQLite database (`coordinator.db`), shared by `serve` and the admin commands.
+//! The coordinator's data directory (mode 0700): its private key (`coordinator.key`, mode 0600)
+//! and the SQLite database (`coordinator.db` and its `-wal`/`-shm` files, mode 0600), shared
+//! by `serve` and the admin commands. Only `serve`, and `keys create` given an explicit
+//! `--data-dir`, create one: an admin command pointed at the wrong place says so instead of
+//! making a new coordinator identity.
 
-use crate::control::{x25519_public, Store};
+use crate::control::x25519_public;
 use crate::store::{KeyKind, SqliteStore};
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
@@ -9,7 +12,7 @@ use lanmesh_common::key_file::load_or_create_private_key;
 use lanmesh_common::{is_root, unix_ms};
 use lanmesh_proto::{JoinKey, PublicKey};
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,12 +56,61 @@ fn permission_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// Whether opening a data dir may create it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// `serve`: create it if it is missing.
+    Yes,
+    /// Admin commands: it must exist already.
+    No,
+}
+
 impl DataDir {
-    /// Opens (creating if needed) the data dir. `network`, when given, is the mesh network the
-    /// coordinator is about to serve; it must match the one the data dir was created with
+    /// Opens the data dir for `serve` (creating it if needed). `network` is the mesh network
+    /// the coordinator is about to serve; it must match the one the data dir was created with
     /// while nodes are registered.
     pub fn open(path: Option<&Path>, network: Option<Ipv4Net>) -> anyhow::Result<DataDir> {
+        Self::open_with(path, network, Create::Yes)
+    }
+
+    /// Opens the data dir for an admin command: it must exist (with its key), unless
+    /// `create` allows making one (`keys create --data-dir DIR`).
+    pub fn open_admin(path: Option<&Path>, create: Create) -> anyhow::Result<DataDir> {
+        Self::open_with(path, None, create)
+    }
+
+    fn open_with(
+        path: Option<&Path>,
+        network: Option<Ipv4Net>,
+        create: Create,
+    ) -> anyhow::Result<DataDir> {
+        let explicit = path.is_some();
         let path = path.map(Path::to_path_buf).unwrap_or_else(default_path);
+        let key_file = path.join("coordinator.key");
+        if create == Create::No && !key_file.exists() {
+            let readable = fs::metadata(&path).is_ok();
+            match (explicit, readable, is_root()) {
+                (_, true, _) if fs::read_dir(&path).is_err() => bail!(
+                    "cannot read the data dir {}: run with sudo or pass --data-dir",
+                    path.display()
+                ),
+                (true, _, _) => bail!(
+                    "no coordinator data dir at {}: check --data-dir (only `coordinator serve` \
+                     creates one)",
+                    path.display()
+                ),
+                (false, _, false) => bail!(
+                    "no coordinator data dir at {}: run this as the user that runs `coordinator \
+                     serve` (with sudo if it runs as root), or pass --data-dir",
+                    path.display()
+                ),
+                (false, _, true) => bail!(
+                    "no coordinator data dir at {}: start `coordinator serve` once, or pass \
+                     --data-dir",
+                    path.display()
+                ),
+            }
+        }
         if let Err(e) = fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -70,11 +122,28 @@ impl DataDir {
                 permission_hint(&e)
             );
         }
-        let private = load_or_create_private_key(&path.join("coordinator.key"))?;
+        // An existing dir keeps whatever mode it was made with: make it owner-only.
+        if let Ok(meta) = fs::metadata(&path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
+            }
+        }
+        let private = load_or_create_private_key(&key_file)?;
         let db = path.join("coordinator.db");
+        // Create the database owner-only before SQLite does (it would use the umask, and give
+        // its -wal and -shm files the same mode).
+        if !db.exists() {
+            let _ = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&db);
+        }
         let mut store = SqliteStore::open(&db)
             .with_context(|| format!("cannot open the database {}", db.display()))?;
-        let _ = fs::set_permissions(&db, fs::Permissions::from_mode(0o600));
+        for file in ["coordinator.db", "coordinator.db-wal", "coordinator.db-shm"] {
+            let _ = fs::set_permissions(path.join(file), fs::Permissions::from_mode(0o600));
+        }
         if let Some(network) = network {
             match store.meta("network")? {
                 Some(old) if old != network.to_string() && !store.load_nodes()?.is_empty() => {

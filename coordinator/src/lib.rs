@@ -4,9 +4,11 @@
 
 pub mod control;
 pub mod data_dir;
+pub mod gate;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod store_worker;
 
 #[cfg(test)]
 mod control_tests;

@@ -35,7 +35,6 @@ enum Command {
     Nodes(NodesCommand),
 }
 
-
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a join key and print it (the last line of output is the key).
@@ -110,7 +109,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             expires,
             dir,
         }) => {
-            let dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            // `keys create --data-dir DIR` may make a new data dir (to prepare keys before the
+            // first serve); without --data-dir the default one must exist.
+            let create = if dir.data_dir.is_some() {
+                data_dir::Create::Yes
+            } else {
+                data_dir::Create::No
+            };
+            let dd = data_dir::DataDir::open_admin(dir.data_dir.as_deref(), create)?;
             let expires = match expires.as_str() {
                 "never" => None,
                 text => Some(parse_duration(text).map_err(anyhow::Error::msg)?),
@@ -136,7 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::List { json, dir }) => {
-            let dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            let dd = data_dir::DataDir::open_admin(dir.data_dir.as_deref(), data_dir::Create::No)?;
             let keys = dd.store.list_keys()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
@@ -176,7 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::Revoke { id, dir }) => {
-            let dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            let dd = data_dir::DataDir::open_admin(dir.data_dir.as_deref(), data_dir::Create::No)?;
             let id = match id.trim().parse::<lanmesh_proto::JoinKey>() {
                 Ok(key) => lanmesh_proto::join_key::hex_id(&key.secret.id),
                 Err(_) => id.trim().to_lowercase(),
@@ -192,7 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             offline_after,
             dir,
         }) => {
-            let mut dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            let mut dd = data_dir::DataDir::open_admin(dir.data_dir.as_deref(), data_dir::Create::No)?;
             let nodes = dd.list_nodes(Duration::from_secs(offline_after))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
@@ -223,7 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Nodes(NodesCommand::Remove { name, dir }) => {
-            let dd = data_dir::DataDir::open(dir.data_dir.as_deref(), None)?;
+            let dd = data_dir::DataDir::open_admin(dir.data_dir.as_deref(), data_dir::Create::No)?;
             if !dd.store.remove_node(&name)? {
                 bail!("no node named {name:?}: see `coordinator nodes list`");
             }

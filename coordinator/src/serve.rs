@@ -1,9 +1,13 @@
 //! `coordinator serve`: the tokio driver around [`ControlServer`]. It only moves datagrams,
-//! fires timers and polls the database for admin changes.
+//! fires timers and hands the core's [`Work`] to threads: Hello workers (one per core) for the
+//! Diffie-Hellmans, and a storage thread ([`StoreWorker`]) that also notices admin changes.
 
-use crate::control::{ControlServer, Settings};
+use crate::control::{
+    answer_hello, open_hello, ControlServer, Settings, StoreDone, Work, DEFAULT_OPEN_MAX_NODES,
+};
 use crate::data_dir::DataDir;
 use crate::registry::Registry;
+use crate::store_worker::StoreWorker;
 use anyhow::{bail, Context};
 use clap::Args;
 use ipnet::Ipv4Net;
@@ -12,9 +16,11 @@ use lanmesh_proto::{stun, DEFAULT_COORDINATOR_PORT, DEFAULT_NETWORK};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc as tmpsc;
 use tracing::{info, warn};
 
 #[derive(Args)]
@@ -30,6 +36,10 @@ pub struct ServeArgs {
     /// Let any node join without a join key (only for a network you trust, like a LAN party).
     #[arg(long)]
     pub open: bool,
+    /// With --open: admit nodes without a key only while fewer than this many are registered
+    /// (registrations are also rate-limited per source address) [default: 64].
+    #[arg(long, value_name = "N")]
+    pub open_max_nodes: Option<usize>,
     /// Show nodes as offline after this many seconds of silence [default: 60].
     #[arg(long, value_name = "SECS")]
     pub offline_after: Option<u64>,
@@ -50,6 +60,7 @@ pub struct ServeConfig {
     data_dir: Option<PathBuf>,
     network: Option<Ipv4Net>,
     open: Option<bool>,
+    open_max_nodes: Option<usize>,
     offline_after_secs: Option<u64>,
     stun_port: Option<u16>,
 }
@@ -64,6 +75,10 @@ pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
         .or(config.network)
         .unwrap_or_else(|| DEFAULT_NETWORK.parse().expect("default network"));
     let open = args.open || config.open.unwrap_or(false);
+    let open_max_nodes = args
+        .open_max_nodes
+        .or(config.open_max_nodes)
+        .unwrap_or(DEFAULT_OPEN_MAX_NODES);
     let offline_after = args
         .offline_after
         .or(config.offline_after_secs)
@@ -89,6 +104,7 @@ pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
         open,
         heartbeat_secs: (offline_after / 4).clamp(1, 10) as u16,
         stun_port,
+        open_max_nodes,
     };
     runtime.block_on(serve(dd, listen, network, settings, offline_after))
 }
@@ -144,19 +160,53 @@ async fn serve(
         None => None,
     };
     let registry = Registry::new(network, offline_after * 1000);
-    let mut core = ControlServer::new(dd.private, dd.store, registry, settings, rand::random())
+    let mut store = dd.store;
+    let nodes = store
+        .load_nodes()
         .context("cannot load nodes from the database")?;
+    let mut core = ControlServer::new(
+        dd.public,
+        nodes,
+        registry,
+        settings,
+        unix_ms(),
+        rand::random(),
+    );
     info!(nodes = core.registry().len(), "coordinator ready");
+
+    // Results of the threads come back on one channel each.
+    let (opened_tx, mut opened_rx) = tmpsc::unbounded_channel();
+    let (answered_tx, mut answered_rx) = tmpsc::unbounded_channel();
+    let (store_done_tx, mut store_done_rx) = tmpsc::unbounded_channel::<StoreDone>();
+    let hello_jobs = spawn_hello_workers(dd.private, opened_tx, answered_tx)?;
+    let (store_tx, store_rx) = mpsc::channel();
+    let store_thread = std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || {
+            StoreWorker::new(store).serve(store_rx, |d| store_done_tx.send(d).is_ok(), unix_ms)
+        })
+        .context("cannot start the storage thread")?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut store_poll = tokio::time::interval(Duration::from_millis(250));
     let mut buf = vec![0u8; 2048];
     let mut stun_buf = [0u8; 576];
     loop {
+        while let Some(w) = core.poll_work() {
+            match w {
+                Work::Store(op) => {
+                    let _ = store_tx.send(op);
+                }
+                job => {
+                    let _ = hello_jobs.send(job);
+                }
+            }
+        }
         while let Some(t) = core.poll_transmit() {
-            if let Err(e) = socket.send_to(&t.payload, t.dst).await {
-                warn!(dst = %t.dst, "send failed: {e}");
+            if let Err(e) = socket.try_send_to(&t.payload, t.dst) {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    warn!(dst = %t.dst, "send failed: {e}");
+                }
             }
         }
         let wake = core
@@ -164,9 +214,18 @@ async fn serve(
             .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, src)) => core.handle_datagram(unix_ms(), src, &buf[..n]),
-                Err(e) => warn!("receive failed: {e}"),
+            r = socket.recv_from(&mut buf) => {
+                match r {
+                    Ok((n, src)) => core.handle_datagram(unix_ms(), src, &buf[..n]),
+                    Err(e) => warn!("receive failed: {e}"),
+                }
+                // Take what else is queued before going round (a flood is read in batches).
+                for _ in 0..RECV_BATCH {
+                    match socket.try_recv_from(&mut buf) {
+                        Ok((n, src)) => core.handle_datagram(unix_ms(), src, &buf[..n]),
+                        Err(_) => break,
+                    }
+                }
             },
             r = recv_stun(second_stun.as_ref(), &mut stun_buf) => {
                 if let (Ok((n, src)), Some(socket)) = (r, second_stun.as_ref()) {
@@ -176,14 +235,72 @@ async fn serve(
                     }
                 }
             }
+            Some((src, result)) = opened_rx.recv() => core.handle_opened(unix_ms(), src, result),
+            Some((ticket, result)) = answered_rx.recv() => core.handle_answered(unix_ms(), ticket, result),
+            Some(done) = store_done_rx.recv() => core.handle_store_done(unix_ms(), done),
             _ = tokio::time::sleep(wake) => core.handle_timeout(unix_ms()),
-            _ = store_poll.tick() => core.handle_store_change(unix_ms()),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
+    // Let storage finish what it has (last-seen times).
+    drop(store_tx);
+    let _ = store_thread.join();
     info!("coordinator stopped");
     Ok(())
+}
+
+/// Datagrams read per wake-up beyond the first.
+const RECV_BATCH: usize = 63;
+
+type Opened = (
+    SocketAddr,
+    Result<lanmesh_proto::channel::IncomingHello, lanmesh_proto::channel::ChannelError>,
+);
+type AnsweredMsg = (u64, crate::control::Answered);
+
+/// Starts one Hello worker per core; returns where to send them Hello work.
+fn spawn_hello_workers(
+    private: [u8; 32],
+    opened: tmpsc::UnboundedSender<Opened>,
+    answered: tmpsc::UnboundedSender<AnsweredMsg>,
+) -> anyhow::Result<mpsc::Sender<Work>> {
+    let (tx, rx) = mpsc::channel::<Work>();
+    let rx = Arc::new(Mutex::new(rx));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+    for i in 0..workers {
+        let rx = rx.clone();
+        let opened = opened.clone();
+        let answered = answered.clone();
+        std::thread::Builder::new()
+            .name(format!("hello-{i}"))
+            .spawn(move || loop {
+                let job = match rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let ok = match job {
+                    Ok(Work::OpenHello { src, datagram, .. }) => {
+                        opened.send((src, open_hello(&private, &datagram))).is_ok()
+                    }
+                    Ok(Work::AnswerHello {
+                        ticket,
+                        incoming,
+                        index,
+                        welcome,
+                    }) => answered
+                        .send((ticket, answer_hello(*incoming, index, &welcome)))
+                        .is_ok(),
+                    Ok(Work::Store(_)) => true,
+                    Err(_) => false,
+                };
+                if !ok {
+                    return;
+                }
+            })
+            .context("cannot start a hello worker thread")?;
+    }
+    Ok(tx)
 }
 
 /// Receives on the second STUN socket, if there is one (else waits forever).

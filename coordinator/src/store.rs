@@ -1,8 +1,10 @@
 //! SQLite storage for nodes and join keys: the serving coordinator and the admin commands
 //! (`keys create`, `nodes remove` …) open the same database, which runs in WAL mode so they can
-//! work side by side.
+//! work side by side. Every commit is durable (`synchronous=FULL`): a printed key, an admitted
+//! node and a spent one-off key survive a power cut. A busy database is reported as
+//! [`is_busy`], for the caller to retry.
 
-use crate::control::{AdmitError, Store, StoreError};
+use crate::control::{AdmitError, StoreError};
 use crate::registry::NodeRecord;
 use lanmesh_proto::join_key::{hex_id, JoinSecret};
 use lanmesh_proto::messages::Role;
@@ -25,7 +27,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     mesh_ip       TEXT UNIQUE,
     endpoint      TEXT,
     first_seen_ms INTEGER NOT NULL,
-    last_seen_ms  INTEGER NOT NULL
+    last_seen_ms  INTEGER NOT NULL,
+    hello_ts      INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS join_keys (
     id          BLOB PRIMARY KEY,
@@ -90,11 +93,31 @@ fn err(e: rusqlite::Error) -> StoreError {
     StoreError(e.to_string())
 }
 
+/// Whether a storage error only means another process holds the database: try again.
+pub fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// The error text storage reports when the database is busy (see [`AdmitError::Storage`]).
+pub const BUSY: &str = "database is busy";
+
+fn admit_err(e: rusqlite::Error) -> AdmitError {
+    if is_busy(&e) {
+        AdmitError::Storage(BUSY.into())
+    } else {
+        AdmitError::Storage(e.to_string())
+    }
+}
+
 fn node_from_row(row: &rusqlite::Row) -> rusqlite::Result<NodeRecord> {
     let key: Vec<u8> = row.get(0)?;
     let mesh_ip: Option<String> = row.get(2)?;
     let endpoint: Option<String> = row.get(3)?;
     let role: String = row.get(6)?;
+    let hello_ts: i64 = row.get(7)?;
     let bad =
         |i| rusqlite::Error::InvalidColumnType(i, "value".into(), rusqlite::types::Type::Text);
     Ok(NodeRecord {
@@ -112,6 +135,7 @@ fn node_from_row(row: &rusqlite::Row) -> rusqlite::Result<NodeRecord> {
         endpoint: endpoint.and_then(|e| e.parse().ok()),
         first_seen_ms: row.get::<_, i64>(4)? as u64,
         last_seen_ms: row.get::<_, i64>(5)? as u64,
+        hello_ts: hello_ts as u64,
     })
 }
 
@@ -129,9 +153,9 @@ impl SqliteStore {
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        Self::migrate(&conn)?;
         let mut store = SqliteStore {
             conn,
             data_version: 0,
@@ -140,11 +164,30 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// An in-memory database, for tests.
-    #[cfg(test)]
+    /// Creates the tables, and adds the columns a database of an older version lacks.
+    fn migrate(conn: &Connection) -> Result<(), StoreError> {
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        let has_hello_ts = conn
+            .prepare("SELECT hello_ts FROM nodes LIMIT 0")
+            .is_ok();
+        if !has_hello_ts {
+            conn.execute_batch(
+                "ALTER TABLE nodes ADD COLUMN hello_ts INTEGER NOT NULL DEFAULT 0",
+            )
+            .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// How long a statement waits for a lock held elsewhere before it reports busy.
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        self.conn.busy_timeout(timeout).map_err(err)
+    }
+
+    /// An in-memory database (tests, fuzzing).
     pub fn in_memory() -> SqliteStore {
         let conn = Connection::open_in_memory().expect("in-memory sqlite");
-        conn.execute_batch(SCHEMA).expect("schema");
+        Self::migrate(&conn).expect("schema");
         SqliteStore {
             conn,
             data_version: 0,
@@ -257,7 +300,7 @@ impl SqliteStore {
         role: Role,
         now_ms: u64,
     ) -> Result<(), AdmitError> {
-        let storage = |e: rusqlite::Error| AdmitError::Storage(e.to_string());
+        let storage = admit_err;
         let row: Option<KeyCheckRow> = tx
             .query_row(
                 "SELECT secret_hash, reusable, relay, expires_ms, uses, revoked
@@ -301,14 +344,16 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
-    fn add_node(
+impl SqliteStore {
+    /// Stores a new node; when `join` is given, validates and consumes that key in the same
+    /// transaction (a one-off key admits exactly one node, however many race for it).
+    pub fn add_node(
         &mut self,
         record: &NodeRecord,
         join: Option<&JoinSecret>,
         now_ms: u64,
     ) -> Result<(), AdmitError> {
-        let storage = |e: rusqlite::Error| AdmitError::Storage(e.to_string());
+        let storage = admit_err;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -318,8 +363,8 @@ impl Store for SqliteStore {
         }
         tx.execute(
             "INSERT INTO nodes (public_key, name, mesh_ip, endpoint, first_seen_ms, last_seen_ms,
-                                role)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                role, hello_ts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 record.public_key.as_bytes().as_slice(),
                 record.name,
@@ -327,7 +372,8 @@ impl Store for SqliteStore {
                 record.endpoint.map(|e| e.to_string()),
                 record.first_seen_ms as i64,
                 record.last_seen_ms as i64,
-                role_name(record.role)
+                role_name(record.role),
+                record.hello_ts as i64
             ],
         )
         .map_err(storage)?;
@@ -336,31 +382,45 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn save_seen(
+    /// Remembers where and when nodes were last heard from, and the newest Hello timestamps
+    /// accepted from them, in one transaction.
+    pub fn save_seen(
         &mut self,
-        key: &PublicKey,
-        endpoint: SocketAddr,
-        last_seen_ms: u64,
-    ) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "UPDATE nodes SET endpoint = ?2, last_seen_ms = MAX(last_seen_ms, ?3)
+        seen: &[(PublicKey, Option<SocketAddr>, u64)],
+        hello_ts: &[(PublicKey, u64)],
+    ) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (key, endpoint, last_seen_ms) in seen {
+            tx.execute(
+                "UPDATE nodes SET endpoint = COALESCE(?2, endpoint),
+                                  last_seen_ms = MAX(last_seen_ms, ?3)
                  WHERE public_key = ?1",
                 params![
                     key.as_bytes().as_slice(),
-                    endpoint.to_string(),
-                    last_seen_ms as i64
+                    endpoint.map(|e| e.to_string()),
+                    *last_seen_ms as i64
                 ],
-            )
-            .map(|_| ())
-            .map_err(err)
+            )?;
+        }
+        for (key, ts) in hello_ts {
+            tx.execute(
+                "UPDATE nodes SET hello_ts = MAX(hello_ts, ?2) WHERE public_key = ?1",
+                params![key.as_bytes().as_slice(), *ts as i64],
+            )?;
+        }
+        tx.commit()?;
+        self.data_version = self.current_data_version();
+        Ok(())
     }
 
-    fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
+    pub fn load_nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT public_key, name, mesh_ip, endpoint, first_seen_ms, last_seen_ms, role
+                "SELECT public_key, name, mesh_ip, endpoint, first_seen_ms, last_seen_ms, role,
+                        hello_ts
                  FROM nodes ORDER BY mesh_ip",
             )
             .map_err(err)?;
@@ -368,7 +428,8 @@ impl Store for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(err)
     }
 
-    fn changed_elsewhere(&mut self) -> bool {
+    /// Whether another process (an admin command) changed the store since the last call.
+    pub fn changed_elsewhere(&mut self) -> bool {
         let v = self.current_data_version();
         let changed = v != self.data_version;
         self.data_version = v;
@@ -389,6 +450,7 @@ mod tests {
             endpoint: Some(SocketAddr::from(([203, 0, 113, i], 41641))),
             first_seen_ms: 1,
             last_seen_ms: 2,
+            hello_ts: 0,
         }
     }
 
@@ -493,9 +555,15 @@ mod tests {
         let mut s = SqliteStore::in_memory();
         s.add_node(&record(1), None, 1).unwrap();
         let ep: SocketAddr = "203.0.113.9:7".parse().unwrap();
-        s.save_seen(&PublicKey([1; 32]), ep, 50).unwrap();
+        s.save_seen(&[(PublicKey([1; 32]), Some(ep), 50)], &[(PublicKey([1; 32]), 77)])
+            .unwrap();
         let n = &s.load_nodes().unwrap()[0];
-        assert_eq!((n.endpoint, n.last_seen_ms), (Some(ep), 50));
+        assert_eq!((n.endpoint, n.last_seen_ms, n.hello_ts), (Some(ep), 50, 77));
+        // Older values never win; a missing endpoint keeps the stored one.
+        s.save_seen(&[(PublicKey([1; 32]), None, 40)], &[(PublicKey([1; 32]), 5)])
+            .unwrap();
+        let n = &s.load_nodes().unwrap()[0];
+        assert_eq!((n.endpoint, n.last_seen_ms, n.hello_ts), (Some(ep), 50, 77));
         assert!(s.remove_node("n1").unwrap());
         assert!(!s.remove_node("n1").unwrap());
         assert!(s.load_nodes().unwrap().is_empty());
@@ -515,6 +583,43 @@ mod tests {
         assert!(!serving.changed_elsewhere());
         admin.remove_node("n1").unwrap();
         assert!(serving.changed_elsewhere());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_locked_database_is_reported_busy_and_an_old_one_is_migrated() {
+        let dir = std::env::temp_dir().join(format!("lm-store-busy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        // A database as version 0.1 made it: no hello_ts column.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE nodes (public_key BLOB PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                 role TEXT NOT NULL DEFAULT 'node', mesh_ip TEXT UNIQUE, endpoint TEXT,
+                 first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL);
+                 INSERT INTO nodes VALUES (x'0101010101010101010101010101010101010101010101010101010101010101',
+                 'old', 'node', '100.64.0.1', NULL, 1, 2);",
+            )
+            .unwrap();
+        }
+        let mut serving = SqliteStore::open(&path).unwrap();
+        assert_eq!(serving.load_nodes().unwrap()[0].hello_ts, 0);
+        serving
+            .set_busy_timeout(std::time::Duration::from_millis(10))
+            .unwrap();
+        let locker = Connection::open(&path).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let e = serving
+            .save_seen(&[(PublicKey([1; 32]), None, 9)], &[])
+            .unwrap_err();
+        assert!(is_busy(&e), "{e}");
+        assert_eq!(
+            serving.add_node(&record(2), None, 1),
+            Err(AdmitError::Storage(BUSY.into()))
+        );
+        locker.execute_batch("COMMIT").unwrap();
+        assert_eq!(serving.add_node(&record(2), None, 1), Ok(()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
