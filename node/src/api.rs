@@ -70,6 +70,10 @@ pub struct Status {
     pub public_key: String,
     pub coordinator: String,
     pub coordinator_connected: bool,
+    /// Why the node is not registered, when the coordinator refused or removed it, or a
+    /// warning about it (another protocol version, another key); null otherwise.
+    #[serde(default)]
+    pub problem: Option<String>,
     /// This node's public endpoint as the coordinator sees it.
     pub public_endpoint: Option<String>,
     /// Whether our NAT maps different destinations to different public ports (symmetric NAT);

@@ -4,7 +4,7 @@
 use crate::api::{
     Netcheck, PeerStatus, PingResult, RelayStatus, Request, Response, SeenBy, Status,
 };
-use crate::mesh::{Io, Mesh, Via, SCRATCH_LEN};
+use crate::mesh::{Io, Mesh, MeshConfig, Via, SCRATCH_LEN};
 use crate::netconf;
 use crate::relays::RelayInfo;
 use crate::stun_client::StunClient;
@@ -12,6 +12,8 @@ use anyhow::{bail, Context};
 use lanmesh_common::local_api;
 use lanmesh_common::net::{coordinator_target, resolve};
 use lanmesh_common::state_dir::StateDir;
+use lanmesh_common::unix_ns;
+use lanmesh_proto::stamp::WallClock;
 use lanmesh_proto::client::{ClientConfig, ControlClient, Event, Trust};
 use lanmesh_proto::header::{classify, PacketClass};
 use lanmesh_proto::messages::{MeshAddress, Role};
@@ -140,6 +142,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     };
     info!(%public, %coordinator, "node starting; registering with the coordinator");
     let epoch = Instant::now();
+    // Stamps (Hello timestamps, probe counters, relay binds) follow the wall clock but never
+    // go back, not even across restarts: the floor is persisted in the state dir.
+    let clock = WallClock::new(epoch, unix_ns());
+    let (stamp_floor, mut persisted_floor) = opts.state.start_stamps(clock.ns(epoch))?;
     let mut control = ControlClient::new(
         ClientConfig {
             private,
@@ -148,13 +154,20 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             join: opts.auth_key.map(|k| k.secret),
             name: opts.name.clone(),
             role: Role::Node,
+            stamp_floor,
         },
         rand::random(),
     );
     let port = udp.local_addr()?.port();
     control.set_local_endpoints(epoch, local_endpoints(port, &opts.interface));
-    control.start(epoch);
-    let mut mesh = Mesh::new(secret, opts.keepalive_secs, epoch);
+    control.start(epoch, clock.ns(epoch));
+    let mesh_config = MeshConfig {
+        keepalive_secs: opts.keepalive_secs,
+        stamp_floor,
+        wall_ns: clock.ns(epoch),
+        seed: rand::random(),
+    };
+    let mut mesh = Mesh::new(secret, mesh_config, epoch);
     let mut stun_servers = Vec::new();
     for server in &opts.stun {
         match tokio::net::lookup_host(coordinator_target(server)).await {
@@ -219,9 +232,11 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                         }
                     }
                     let Some(MeshAddress { ip: mesh_ip, network }) = address else {
-                        fatal = Some("the coordinator registered this node without a mesh address".into());
+                        // The control client checks this; a relay key is the only way here.
+                        fatal = Some("the coordinator registered this node as a relay: use a node key, or another --state-dir".into());
                         continue;
                     };
+                    mesh.set_identity(mesh_ip, network);
                     if let Trust::JoinKey(k) = trust {
                         if opts.state.pinned_coordinator()? != Some(k) {
                             opts.state.pin_coordinator(&k)?;
@@ -269,8 +284,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     let mut servers = stun_servers.clone();
                     servers.extend(mesh.relay_addrs());
                     stun.set_servers(servers);
-                    let joined = mesh.apply_peer_map(Instant::now(), peers, &mut scratch, &mut io);
-                    punch_requests.extend(joined);
+                    mesh.apply_peer_map(Instant::now(), peers);
                 }
                 Event::Punch { peer, candidates } => {
                     mesh.punch(Instant::now(), &peer, &candidates, &mut scratch, &mut io)
@@ -287,7 +301,22 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 Event::Lost => warn!(
                     "lost contact with coordinator {coordinator}; reconnecting (existing tunnels keep working)"
                 ),
-                Event::Fatal(message) => fatal = Some(message),
+                Event::Warning(message) => warn!("{message}"),
+                // The coordinator refused the join key the user gave, and this node was never
+                // admitted: only the user can fix that. Anything else is tried again later
+                // (tunnels keep working meanwhile).
+                Event::Rejected { reason, message, ever_registered: false, .. } if reason.is_about_the_key() => {
+                    fatal = Some(format!("the coordinator refused this node: {message}"));
+                }
+                Event::Rejected { message, retry_in, .. } => warn!(
+                    "the coordinator refused this node: {message} (trying again in {}s)",
+                    retry_in.as_secs()
+                ),
+                Event::Removed { retry_in } => warn!(
+                    "an admin removed this node from the mesh: join again with a new --auth-key \
+                     (its peers are gone; trying to register again in {}s)",
+                    retry_in.as_secs()
+                ),
             }
         }
         if let Some(message) = fatal {
@@ -338,7 +367,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                         PacketClass::Control if frame_kind(datagram).is_some() => {
                             mesh.handle_relay_frame(now, src, datagram, &mut scratch, &mut io);
                         }
-                        PacketClass::Control => control.handle_datagram(now, src, datagram),
+                        PacketClass::Control => control.handle_datagram(now, clock.ns(now), src, datagram),
                         PacketClass::Stun => stun.handle_datagram(src, datagram),
                         PacketClass::Unknown => {}
                     }
@@ -353,7 +382,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = Instant::now();
-                control.handle_timeout(now);
+                control.handle_timeout(now, clock.ns(now));
                 stun.handle_timeout(now, &mut |dst, d| { let _ = udp.try_send_to(d, dst); });
                 let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
                 mesh.handle_timeout(now, &mut scratch, &mut io, &mut |k| punch_requests.push(k));
@@ -366,6 +395,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 if now >= next_local_scan {
                     next_local_scan = now + LOCAL_ENDPOINTS_INTERVAL;
                     control.set_local_endpoints(now, local_endpoints(port, &opts.interface));
+                    opts.state.renew_stamps(&mut persisted_floor, unix_ns().max(clock.ns(now)));
                 }
             }
             Some((request, reply)) = api_rx.recv() => match request {
@@ -529,6 +559,7 @@ fn status(
         public_key: public.to_string(),
         coordinator: control.coordinator_addr().to_string(),
         coordinator_connected: control.is_connected(),
+        problem: control.problem().map(str::to_string),
         public_endpoint: control.public_endpoint().map(|e| e.to_string()),
         mapping_varies_by_destination: mapping_varies,
         relays: relay_statuses(mesh),

@@ -1,11 +1,13 @@
 //! Two or three [`Mesh`]es wired together in memory: real boringtun handshakes and sealing,
 //! with an [`Io`] that records what would go to the socket and the TUN.
 
-use crate::mesh::{Io, Mesh, Path, SCRATCH_LEN};
-use lanmesh_proto::messages::PeerInfo;
+use crate::mesh::{Io, Mesh, MeshConfig, Path, SCRATCH_LEN};
+use lanmesh_proto::header::{classify, PacketClass};
+use lanmesh_proto::messages::{Candidates, PeerInfo, Role};
+use lanmesh_proto::probe::{Probe, ProbeKey};
 use lanmesh_proto::PublicKey;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use x25519_dalek::StaticSecret;
 
 #[derive(Default)]
@@ -38,8 +40,14 @@ fn host_with_keepalive(i: u8, keepalive: u16) -> Host {
     let secret = StaticSecret::from([i; 32]);
     let public = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
     let addr = SocketAddr::from(([203, 0, 113, i], 41641));
+    let config = MeshConfig {
+        keepalive_secs: keepalive,
+        stamp_floor: 0,
+        wall_ns: 1_700_000_000_000_000_000,
+        seed: i as u64,
+    };
     Host {
-        mesh: Mesh::new(secret, keepalive, Instant::now()),
+        mesh: Mesh::new(secret, config, Instant::now()),
         io: Recorder::default(),
         addr,
         info: PeerInfo {
@@ -84,28 +92,38 @@ fn pump(hosts: &mut [&mut Host]) {
         }
         for (src, dst, d) in in_flight {
             if let Some(h) = hosts.iter_mut().find(|h| h.addr == dst) {
-                h.mesh
-                    .handle_datagram(Instant::now(), src, &d, &mut scratch, &mut h.io);
+                deliver(h, src, &d, &mut scratch);
             }
         }
     }
 }
 
+/// Hands a datagram to the part of the mesh the daemon would.
+fn deliver(h: &mut Host, src: SocketAddr, d: &[u8], scratch: &mut [u8]) {
+    let now = Instant::now();
+    match classify(d) {
+        PacketClass::WireGuard => h.mesh.handle_datagram(now, src, d, scratch, &mut h.io),
+        PacketClass::Control if lanmesh_proto::probe::sender(d).is_some() => {
+            h.mesh.handle_probe(now, src, d, scratch, &mut h.io)
+        }
+        _ => {}
+    }
+}
+
+fn know(h: &mut Host, peers: &[&PeerInfo]) {
+    h.mesh
+        .apply_peer_map(Instant::now(), peers.iter().map(|p| (*p).clone()).collect());
+}
+
+/// Both know each other, and a first packet from `a` builds the tunnels.
 fn connect(a: &mut Host, b: &mut Host) {
     let mut scratch = vec![0u8; SCRATCH_LEN];
-    a.mesh.apply_peer_map(
-        Instant::now(),
-        vec![b.info.clone()],
-        &mut scratch,
-        &mut a.io,
-    );
-    b.mesh.apply_peer_map(
-        Instant::now(),
-        vec![a.info.clone()],
-        &mut scratch,
-        &mut b.io,
-    );
+    know(a, &[&b.info]);
+    know(b, &[&a.info]);
+    let hello = ipv4_packet(a.info.mesh_ip, b.info.mesh_ip, b"first");
+    send_from_tun(a, &hello);
     pump(&mut [a, b]);
+    b.io.tun.clear();
     a.mesh.tick(Instant::now(), &mut scratch, &mut a.io);
     b.mesh.tick(Instant::now(), &mut scratch, &mut b.io);
     pump(&mut [a, b]);
@@ -147,11 +165,15 @@ fn strangers_get_no_answer() {
     connect(&mut a, &mut b);
     // The stranger knows b, but b does not know the stranger.
     let mut scratch = vec![0u8; SCRATCH_LEN];
-    stranger.mesh.apply_peer_map(
+    know(&mut stranger, &[&b.info]);
+    let knock = ipv4_packet(stranger.info.mesh_ip, b.info.mesh_ip, b"let me in");
+    send_from_tun(&mut stranger, &knock);
+    let mut punches = Vec::new();
+    stranger.mesh.handle_timeout(
         Instant::now(),
-        vec![b.info.clone()],
         &mut scratch,
         &mut stranger.io,
+        &mut |k| punches.push(k),
     );
     assert!(
         !stranger.io.udp.is_empty(),
@@ -232,9 +254,7 @@ fn roaming_follows_authenticated_packets_only() {
 fn removed_peers_stop_receiving() {
     let (mut a, mut b) = (host(1), host(2));
     connect(&mut a, &mut b);
-    let mut scratch = vec![0u8; SCRATCH_LEN];
-    b.mesh
-        .apply_peer_map(Instant::now(), vec![], &mut scratch, &mut b.io);
+    b.mesh.apply_peer_map(Instant::now(), vec![]);
     assert!(b.mesh.peers(Instant::now()).is_empty());
     assert!(b.mesh.peers(Instant::now()).is_empty());
     let packet = ipv4_packet(a.info.mesh_ip, b.info.mesh_ip, b"bye");
@@ -251,33 +271,199 @@ fn tunnels_keep_idle_paths_alive_at_the_configured_interval() {
     assert_eq!(b.mesh.keepalives(), vec![Some(25)]);
 }
 
+/// A ping as peer `from` would send it to `to`.
+fn ping_from(from: &Host, to: &Host, counter: u64) -> Vec<u8> {
+    let secret = x25519_dalek::StaticSecret::from([from.info.mesh_ip.octets()[3]; 32]);
+    let key = ProbeKey::derive(&secret, &from.info.public_key, &to.info.public_key);
+    key.seal(
+        &from.info.public_key,
+        &Probe::Ping {
+            tx: [counter as u8; 12],
+            counter,
+        },
+        [counter as u8; 12],
+    )
+    .to_vec()
+}
+
 #[test]
 fn a_probe_answer_is_exactly_as_large_as_the_probe() {
-    let (mut a, mut b) = (host(1), host(2));
+    let (a, mut b) = (host(1), host(2));
+    know(&mut b, &[&a.info]);
     let mut scratch = vec![0u8; SCRATCH_LEN];
-    a.mesh.apply_peer_map(
-        Instant::now(),
-        vec![b.info.clone()],
-        &mut scratch,
-        &mut a.io,
-    );
-    b.mesh.apply_peer_map(
-        Instant::now(),
-        vec![a.info.clone()],
-        &mut scratch,
-        &mut b.io,
-    );
-    b.io.udp.clear();
-    let ping =
-        a.io.udp
-            .iter()
-            .find(|(_, d)| lanmesh_proto::probe::sender(d).is_some())
-            .expect("a probes b")
-            .1
-            .clone();
+    let ping = ping_from(&a, &b, 5);
     b.mesh
         .handle_probe(Instant::now(), a.addr, &ping, &mut scratch, &mut b.io);
     assert_eq!(b.io.udp.len(), 1);
     assert_eq!(b.io.udp[0].0, a.addr);
     assert_eq!(b.io.udp[0].1.len(), ping.len());
+}
+
+#[test]
+fn a_replayed_ping_gets_no_pong_from_anywhere() {
+    let (a, mut b) = (host(1), host(2));
+    know(&mut b, &[&a.info]);
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    let ping = ping_from(&a, &b, 1_000);
+    let now = Instant::now();
+    b.mesh.handle_probe(now, a.addr, &ping, &mut scratch, &mut b.io);
+    assert_eq!(b.io.udp.len(), 1);
+    b.io.udp.clear();
+    for port in 1..50 {
+        let src = SocketAddr::from(([198, 51, 100, 9], port));
+        b.mesh.handle_probe(now, src, &ping, &mut scratch, &mut b.io);
+    }
+    assert!(b.io.udp.is_empty(), "{} answers to replays", b.io.udp.len());
+    // Nor did the replays become candidates that b punches.
+    let mut punches = Vec::new();
+    b.mesh.handle_timeout(
+        now + Duration::from_secs(5),
+        &mut scratch,
+        &mut b.io,
+        &mut |k| punches.push(k),
+    );
+    assert!(b
+        .io
+        .udp
+        .iter()
+        .all(|(dst, _)| dst.ip() != std::net::IpAddr::from([198, 51, 100, 9])));
+}
+
+#[test]
+fn a_ping_without_a_counter_from_an_older_node_gets_a_pong_but_teaches_nothing() {
+    let (a, mut b) = (host(1), host(2));
+    know(&mut b, &[&a.info]);
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    let now = Instant::now();
+    let elsewhere: SocketAddr = "198.51.100.9:4000".parse().unwrap();
+    let old = ping_from(&a, &b, 0);
+    b.mesh.handle_probe(now, elsewhere, &old, &mut scratch, &mut b.io);
+    assert_eq!(b.io.udp.len(), 1, "a pong");
+    b.io.udp.clear();
+    b.mesh
+        .handle_timeout(now, &mut scratch, &mut b.io, &mut |_| {});
+    assert!(b.io.udp.iter().all(|(dst, _)| *dst != elsewhere));
+}
+
+#[test]
+fn idle_peers_cost_nothing() {
+    let mut a = host(1);
+    let peers: Vec<PeerInfo> = (2..=250u8)
+        .map(|i| host(i).info)
+        .collect();
+    a.mesh.apply_peer_map(Instant::now(), peers);
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    a.mesh.tick(Instant::now(), &mut scratch, &mut a.io);
+    let mut punches = Vec::new();
+    a.mesh.handle_timeout(
+        Instant::now(),
+        &mut scratch,
+        &mut a.io,
+        &mut |k| punches.push(k),
+    );
+    assert!(a.io.udp.is_empty());
+    assert!(punches.is_empty());
+    assert_eq!(a.mesh.poll_timeout(), None);
+    assert!(a.mesh.keepalives().is_empty(), "no tunnels");
+    let views = a.mesh.peers(Instant::now());
+    assert_eq!(views.len(), 249);
+    assert!(views.iter().all(|v| v.path == Path::Idle));
+}
+
+#[test]
+fn the_first_packet_builds_the_tunnel_and_asks_for_a_coordinated_punch() {
+    let (mut a, b) = (host(1), host(2));
+    know(&mut a, &[&b.info]);
+    let now = Instant::now();
+    let first = ipv4_packet(a.info.mesh_ip, b.info.mesh_ip, b"x");
+    send_from_tun(&mut a, &first);
+    assert_eq!(a.io.udp.len(), 1, "a handshake to b's public candidate");
+    assert_eq!(a.io.udp[0].0, b.addr);
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    let mut punches = Vec::new();
+    let wake = a.mesh.poll_timeout().expect("a punch is wanted");
+    a.mesh.handle_timeout(
+        wake.max(now),
+        &mut scratch,
+        &mut a.io,
+        &mut |k| punches.push(k),
+    );
+    assert_eq!(punches, vec![b.info.public_key]);
+    assert_eq!(a.mesh.peers(now)[0].path, Path::Connecting);
+}
+
+#[test]
+fn probes_to_addresses_nobody_verified_are_budgeted_per_address() {
+    let (mut a, mut b) = (host(1), host(2));
+    // b claims four LAN addresses, all of them on somebody else's machine.
+    let victim = Ipv4Addr::new(10, 77, 0, 1);
+    b.info.candidates = Candidates {
+        public: Some(b.addr),
+        local: (1..=4)
+            .map(|p| SocketAddr::from((victim, 40_000 + p)))
+            .collect(),
+    };
+    know(&mut a, &[&b.info]);
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    let t0 = Instant::now();
+    // The coordinator tells a to punch b again and again for 10 s.
+    let mut to_victim = 0;
+    let mut to_public = 0;
+    for i in 0..100u64 {
+        let now = t0 + Duration::from_millis(i * 100);
+        if i % 20 == 0 {
+            a.mesh
+                .punch(now, &b.info.public_key, &b.info.candidates, &mut scratch, &mut a.io);
+        }
+        a.mesh.handle_timeout(now, &mut scratch, &mut a.io, &mut |_| {});
+        for (dst, _) in a.io.udp.drain(..) {
+            if dst.ip() == std::net::IpAddr::V4(victim) {
+                to_victim += 1;
+            } else if dst == b.addr {
+                to_public += 1;
+            }
+        }
+    }
+    // A burst of 6, then one a second.
+    assert!(to_victim <= 6 + 10, "{to_victim} probes at the victim");
+    assert!(to_public >= 40, "{to_public} probes to the verified address");
+}
+
+#[test]
+fn implausible_peer_map_entries_are_refused() {
+    let mut a = host(1);
+    a.mesh
+        .set_identity(a.info.mesh_ip, "100.64.0.0/10".parse().unwrap());
+    let good = host(2).info;
+    let mut outside = host(3).info;
+    outside.mesh_ip = Ipv4Addr::new(192, 168, 1, 1);
+    let mut mine = host(4).info;
+    mine.mesh_ip = a.info.mesh_ip;
+    let mut twice = host(5).info;
+    twice.mesh_ip = good.mesh_ip;
+    let mut broadcast = host(6).info;
+    broadcast.mesh_ip = Ipv4Addr::new(100, 127, 255, 255);
+    let myself = a.info.clone();
+    let mut relay_without_address = host(7).info;
+    relay_without_address.role = Role::Relay;
+    relay_without_address.candidates.public = None;
+    a.mesh.apply_peer_map(
+        Instant::now(),
+        vec![
+            good.clone(),
+            outside,
+            mine,
+            twice,
+            broadcast,
+            myself,
+            relay_without_address,
+        ],
+    );
+    let names: Vec<String> = a
+        .mesh
+        .peers(Instant::now())
+        .into_iter()
+        .map(|v| v.info.name)
+        .collect();
+    assert_eq!(names, vec![good.name]);
 }

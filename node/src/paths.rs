@@ -6,8 +6,15 @@
 //! candidate on a short schedule; each pong confirms the path it answers. The best path is a LAN
 //! one if any answered, else the lowest round trip. Authenticated traffic keeps a path alive
 //! and moves it when the peer roams; traffic that goes unanswered brings on a new punch.
+//!
+//! Candidates are addresses someone else chose, so the finder is careful with them: interface
+//! (LAN) candidates must be plausible and are pinged only in the first rounds of a punch (a LAN
+//! answers in milliseconds), peer-reflexive ones come only from fresh pings, and every ping says
+//! whether its address is verified, so the mesh can hold pings to unverified addresses to a
+//! per-address budget.
 
-use lanmesh_proto::messages::Candidates;
+use ipnet::Ipv4Net;
+use lanmesh_proto::messages::{plausible_local, plausible_public, Candidates};
 use lanmesh_proto::probe::Transaction;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,6 +22,10 @@ use std::time::{Duration, Instant};
 /// When pings go out in a punch, from its start. Dense at first (both sides start at about the
 /// same time, and the first pings mostly open our own NAT), sparser later.
 const ROUNDS_MS: [u64; 10] = [0, 100, 200, 400, 600, 900, 1300, 1800, 2400, 3000];
+/// LAN candidates are pinged in this many first rounds of a punch only.
+const LOCAL_ROUNDS: usize = 3;
+/// LAN candidates kept per peer.
+const MAX_LOCAL: usize = 4;
 /// Peer-reflexive candidates kept per peer.
 const MAX_PEER_REFLEXIVE: usize = 4;
 /// Pings remembered while waiting for their pongs.
@@ -59,8 +70,14 @@ impl Confirmed {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathAction {
-    /// Send a ping with this transaction to this address.
-    Ping { addr: SocketAddr, tx: Transaction },
+    /// Send a ping with this transaction to this address. `verified`: the address is known to
+    /// be the peer's (its public endpoint as the coordinator validated it, or a path that
+    /// answered); unverified ones may be anybody's and get a small budget.
+    Ping {
+        addr: SocketAddr,
+        tx: Transaction,
+        verified: bool,
+    },
     /// Ask the coordinator to have both sides punch now.
     RequestPunch,
 }
@@ -98,10 +115,14 @@ pub struct PathFinder {
     last_rx_from_best: Option<Instant>,
     last_data_tx: Option<Instant>,
     last_punch_request: Option<Instant>,
+    /// Traffic is waiting and the peer should punch with us: ask the coordinator.
+    punch_wanted: bool,
+    /// The mesh network (no candidate lies inside it).
+    mesh: Ipv4Net,
 }
 
 impl PathFinder {
-    pub fn new(tx_seed: [u8; 8]) -> PathFinder {
+    pub fn new(tx_seed: [u8; 8], mesh: Ipv4Net) -> PathFinder {
         PathFinder {
             candidates: Vec::new(),
             best: None,
@@ -114,6 +135,8 @@ impl PathFinder {
             last_rx_from_best: None,
             last_data_tx: None,
             last_punch_request: None,
+            punch_wanted: false,
+            mesh,
         }
     }
 
@@ -131,14 +154,21 @@ impl PathFinder {
     }
 
     /// The peer's candidates as the coordinator lists them (peer-reflexive ones are kept).
+    /// Implausible ones are left out (see [`plausible_local`]): an older coordinator does not
+    /// check them.
     pub fn set_candidates(&mut self, c: &Candidates) {
         self.candidates
             .retain(|c| c.kind == CandidateKind::PeerReflexive);
-        let listed = c
+        let mesh = self.mesh;
+        let public = c.public.filter(|a| plausible_public(a, mesh));
+        let local = c
             .local
             .iter()
+            .filter(|a| plausible_local(a, mesh, public.map(|p| p.ip())))
+            .take(MAX_LOCAL);
+        let listed = local
             .map(|a| (*a, CandidateKind::Local))
-            .chain(c.public.map(|a| (a, CandidateKind::Public)));
+            .chain(public.map(|a| (a, CandidateKind::Public)));
         for (addr, kind) in listed {
             self.candidates.retain(|c| c.addr != addr);
             self.candidates.push(Candidate { addr, kind });
@@ -169,9 +199,33 @@ impl PathFinder {
         });
     }
 
+    /// Asks for a coordinated punch at the next [`PathFinder::handle_timeout`] (traffic is
+    /// waiting for a peer that was idle: both sides should punch at once).
+    pub fn want_coordinated_punch(&mut self, now: Instant) {
+        self.last_data_tx = Some(now);
+        if self.best.is_none() {
+            self.punch_wanted = true;
+        }
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let p = self.punch?;
-        Some(p.started + Duration::from_millis(ROUNDS_MS[p.round]))
+        let punch = self
+            .punch
+            .map(|p| p.started + Duration::from_millis(ROUNDS_MS[p.round]));
+        let wanted = self
+            .punch_wanted
+            .then(|| {
+                self.last_punch_request
+                    .map(|t| t + PUNCH_REQUEST_INTERVAL)
+                    .or(self.last_data_tx)
+            })
+            .flatten();
+        [punch, wanted].into_iter().flatten().min()
+    }
+
+    /// Whether pings to `c` go to an address known to be the peer's.
+    fn verified(&self, c: &Candidate) -> bool {
+        c.kind == CandidateKind::Public || self.best.is_some_and(|b| b.addr == c.addr)
     }
 
     /// Sends due pings and checks the path's health.
@@ -186,9 +240,17 @@ impl PathFinder {
             }
             if due {
                 for i in 0..self.candidates.len() {
-                    let addr = self.candidates[i].addr;
-                    let tx = self.remember(addr, now);
-                    out(PathAction::Ping { addr, tx });
+                    let c = self.candidates[i];
+                    if c.kind == CandidateKind::Local && p.round > LOCAL_ROUNDS {
+                        continue;
+                    }
+                    let verified = self.verified(&c);
+                    let tx = self.remember(c.addr, now);
+                    out(PathAction::Ping {
+                        addr: c.addr,
+                        tx,
+                        verified,
+                    });
                 }
             }
             if p.round < ROUNDS_MS.len() {
@@ -202,9 +264,11 @@ impl PathFinder {
             }
         }
         if self.needs_punch(now) {
+            self.punch_wanted = false;
             self.last_punch_request = Some(now);
             out(PathAction::RequestPunch);
             self.start_punch(now);
+            self.handle_timeout(now, out);
         }
     }
 
@@ -221,7 +285,7 @@ impl PathFinder {
         let may_ask = self
             .last_punch_request
             .is_none_or(|t| now.saturating_duration_since(t) >= PUNCH_REQUEST_INTERVAL);
-        sending && unanswered && may_ask && self.punch.is_none()
+        sending && unanswered && may_ask && (self.punch.is_none() || self.punch_wanted)
     }
 
     fn remember(&mut self, addr: SocketAddr, now: Instant) -> Transaction {
@@ -243,10 +307,13 @@ impl PathFinder {
         self.last_data_tx = Some(now);
     }
 
-    /// The peer pinged us from `src`. A new source becomes a peer-reflexive candidate and, with
-    /// no path yet, is probed at once.
+    /// The peer pinged us from `src` (a fresh ping: replays never get here). A new source
+    /// becomes a peer-reflexive candidate and, with no path yet, is probed at once.
     pub fn on_ping(&mut self, now: Instant, src: SocketAddr) {
         if self.kind_of(src).is_none() {
+            if !plausible_public(&src, self.mesh) {
+                return;
+            }
             let reflexive = self
                 .candidates
                 .iter()
@@ -376,7 +443,7 @@ mod tests {
     }
 
     fn finder() -> PathFinder {
-        let mut f = PathFinder::new([7; 8]);
+        let mut f = PathFinder::new([7; 8], "100.64.0.0/10".parse().unwrap());
         f.set_candidates(&Candidates {
             public: Some(addr("198.51.100.2:41641")),
             local: vec![addr("10.1.0.2:41641")],
@@ -394,7 +461,7 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                PathAction::Ping { addr, tx } => Some((*addr, *tx)),
+                PathAction::Ping { addr, tx, .. } => Some((*addr, *tx)),
                 _ => None,
             })
             .collect()
@@ -407,13 +474,54 @@ mod tests {
         f.start_punch(t0);
         let mut times = Vec::new();
         while let Some(at) = f.poll_timeout() {
-            let sent = pings(&run(&mut f, at));
-            assert_eq!(sent.len(), 2, "one ping per candidate each round");
+            let actions = run(&mut f, at);
+            let sent = pings(&actions);
+            // The LAN candidate in the first rounds only, the public one in all.
+            let expected = if times.len() < LOCAL_ROUNDS { 2 } else { 1 };
+            assert_eq!(sent.len(), expected, "round {}", times.len());
+            // Only the public endpoint (validated by the coordinator) counts as verified.
+            for a in &actions {
+                if let PathAction::Ping { addr, verified, .. } = a {
+                    assert_eq!(*verified, *addr == addr_of("198.51.100.2:41641"));
+                }
+            }
             times.push((at - t0).as_millis() as u64);
         }
         assert_eq!(times, ROUNDS_MS);
         assert!(!f.is_punching());
         assert_eq!(f.best(), None);
+    }
+
+    fn addr_of(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn implausible_candidates_are_left_out() {
+        let mut f = PathFinder::new([1; 8], "100.64.0.0/10".parse().unwrap());
+        f.set_candidates(&Candidates {
+            public: Some(addr_of("198.51.100.2:41641")),
+            local: vec![
+                addr_of("10.0.0.2:41641"),
+                addr_of("127.0.0.1:41641"),
+                addr_of("100.64.0.7:41641"),
+                addr_of("192.0.2.1:41641"),
+                addr_of("224.0.0.5:41641"),
+                addr_of("10.0.0.3:0"),
+            ],
+        });
+        let mut listed: Vec<SocketAddr> = f.candidates.iter().map(|c| c.addr).collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![addr_of("10.0.0.2:41641"), addr_of("198.51.100.2:41641")]
+        );
+        // A public candidate inside the mesh network is no candidate either.
+        f.set_candidates(&Candidates {
+            public: Some(addr_of("100.64.0.9:41641")),
+            local: vec![],
+        });
+        assert!(f.candidates.is_empty());
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! died unnoticed. (A mesh has a handful of relays: a few dozen bytes a second each.)
 
 use lanmesh_proto::relay::{BindKey, FrameKey, BIND_LEN};
+use lanmesh_proto::stamp::{Stamps, WallClock};
 use lanmesh_proto::PublicKey;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use x25519_dalek::StaticSecret;
@@ -66,7 +69,10 @@ pub struct RelayClient {
     me: PublicKey,
     relays: Vec<Relay>,
     home: Option<usize>,
-    last_timestamp: u64,
+    /// Bind timestamps: they only grow, across restarts too (the relay refuses replays).
+    stamps: Stamps,
+    clock: WallClock,
+    rng: StdRng,
 }
 
 /// What happened to the home relay.
@@ -77,14 +83,18 @@ pub enum HomeChange {
 }
 
 impl RelayClient {
-    pub fn new(secret: StaticSecret) -> RelayClient {
+    /// `stamp_floor`: bind timestamps start above it; `clock` gives them the wall clock;
+    /// `seed` seeds the nonces.
+    pub fn new(secret: StaticSecret, stamp_floor: u64, clock: WallClock, seed: u64) -> RelayClient {
         let me = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
         RelayClient {
             secret,
             me,
             relays: Vec::new(),
             home: None,
-            last_timestamp: 0,
+            stamps: Stamps::new(stamp_floor),
+            clock,
+            rng: StdRng::seed_from_u64(seed),
         }
     }
 
@@ -160,9 +170,11 @@ impl RelayClient {
             }
             let interval = BIND_INTERVAL;
             if now >= self.relays[i].next_bind && self.relays[i].pending.is_none() {
-                let ts = self.fresh_timestamp();
+                let ts = self.stamps.next(self.clock.ns(now));
+                let mut nonce = [0u8; 12];
+                self.rng.fill_bytes(&mut nonce);
                 let r = &mut self.relays[i];
-                let frame: [u8; BIND_LEN] = r.bind_key.bind(&self.me, ts, rand::random());
+                let frame: [u8; BIND_LEN] = r.bind_key.bind(&self.me, ts, nonce);
                 r.pending = Some((ts, now));
                 r.next_bind = now
                     + if r.misses >= MAX_MISSES || r.session.is_none() {
@@ -174,15 +186,6 @@ impl RelayClient {
             }
         }
         self.choose_home()
-    }
-
-    fn fresh_timestamp(&mut self) -> u64 {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        self.last_timestamp = wall.max(self.last_timestamp + 1);
-        self.last_timestamp
     }
 
     /// A Bound answer from `src`. Returns a change of home, if any.
@@ -299,7 +302,8 @@ mod tests {
     }
 
     fn client() -> RelayClient {
-        RelayClient::new(StaticSecret::from([1; 32]))
+        let clock = WallClock::new(Instant::now(), 1_700_000_000_000_000_000);
+        RelayClient::new(StaticSecret::from([1; 32]), 0, clock, 3)
     }
 
     fn binds(c: &mut RelayClient, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {

@@ -7,7 +7,7 @@ use anyhow::bail;
 use lanmesh_common::local_api;
 use lanmesh_common::net::{coordinator_target, resolve};
 use lanmesh_common::state_dir::StateDir;
-use lanmesh_common::unix_ms;
+use lanmesh_common::{unix_ms, unix_ns};
 use lanmesh_proto::client::{ClientConfig, ControlClient, Event, Trust};
 use lanmesh_proto::header::{classify, PacketClass};
 use lanmesh_proto::messages::Role;
@@ -105,6 +105,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         ),
     };
     info!(%public, listen = %opts.listen, %coordinator, "relay starting");
+    let (stamp_floor, mut persisted_floor) = opts.state.start_stamps(unix_ns())?;
     let mut control = ControlClient::new(
         ClientConfig {
             private,
@@ -113,10 +114,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             join: opts.auth_key.map(|k| k.secret),
             name: opts.name.clone(),
             role: Role::Relay,
+            stamp_floor,
         },
         rand::random(),
     );
-    control.start(Instant::now());
+    control.start(Instant::now(), unix_ns());
     let mut forwarder = Forwarder::new(secret, opts.bytes_per_sec, rand::random());
     let mut name = opts.name.clone();
     let mut buf = vec![0u8; 65_536];
@@ -148,7 +150,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     retry_in.as_secs()
                 ),
                 Event::Lost => warn!("lost contact with coordinator {coordinator}; reconnecting (forwarding goes on)"),
-                Event::Fatal(message) => fatal = Some(message),
+                Event::Warning(message) => warn!("{message}"),
+                // The coordinator refused the relay key the user gave: only the user can fix
+                // that. Anything else is tried again later.
+                Event::Rejected { reason, message, ever_registered: false, .. } if reason.is_about_the_key() => {
+                    fatal = Some(format!("the coordinator refused this relay: {message}"));
+                }
+                Event::Rejected { message, retry_in, .. } => warn!(
+                    "the coordinator refused this relay: {message} (trying again in {}s; forwarding goes on)",
+                    retry_in.as_secs()
+                ),
+                Event::Removed { retry_in } => {
+                    warn!("an admin removed this relay at the coordinator: it forwards for nobody now (trying to register again in {}s)", retry_in.as_secs());
+                }
                 Event::Punch { .. } | Event::PublicEndpointChanged { .. } => {}
             }
         }
@@ -163,7 +177,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let Ok((n, src)) = r else { continue };
                 let data = &buf[..n];
                 if src == coordinator && classify(data) == PacketClass::Control && frame_kind(data).is_none() {
-                    control.handle_datagram(Instant::now(), src, data);
+                    control.handle_datagram(Instant::now(), unix_ns(), src, data);
                 } else {
                     forwarder.handle_datagram(unix_ms(), src, &mut buf, n, &mut |dst, d| {
                         // A full socket buffer drops the datagram, like a full NIC queue would.
@@ -171,8 +185,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     });
                 }
             }
-            _ = tokio::time::sleep_until(wake.into()) => control.handle_timeout(Instant::now()),
-            _ = expiry.tick() => forwarder.expire(unix_ms()),
+            _ = tokio::time::sleep_until(wake.into()) => control.handle_timeout(Instant::now(), unix_ns()),
+            _ = expiry.tick() => {
+                forwarder.expire(unix_ms());
+                opts.state.renew_stamps(&mut persisted_floor, unix_ns());
+            }
             Some((Request::Status, reply)) = api_rx.recv() => {
                 let stats = forwarder.stats();
                 let _ = reply.send(Status {

@@ -5,7 +5,13 @@
 //!
 //! No IO and no allocation per packet: callers pass a reusable scratch buffer and an [`Io`]
 //! that moves bytes (non-blocking; a full queue drops the packet, as a NIC would).
+//!
+//! Tunnels are built lazily: the peer map only says who may be talked to; a peer gets its
+//! `Tunn`, path finder and probe key when there is traffic for it (a packet from the TUN, a
+//! `node ping`) or from it (a handshake, a probe, a coordinated punch). A mesh of thousands of
+//! nodes — or a flood of fake ones on an open coordinator — costs an idle node nothing.
 
+mod peers;
 mod probing;
 mod relayed;
 
@@ -18,13 +24,19 @@ use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
+use ipnet::Ipv4Net;
 use lanmesh_proto::log_limit::LogLimit;
 use lanmesh_proto::messages::PeerInfo;
 use lanmesh_proto::probe::ProbeKey;
+use lanmesh_proto::rate::{KeyedLimiter, Rate, TokenBucket};
 use lanmesh_proto::relay::SEND_HEADER;
+use lanmesh_proto::replay::StampWindow;
+use lanmesh_proto::stamp::{Stamps, WallClock};
 use lanmesh_proto::PublicKey;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, trace};
@@ -49,6 +61,12 @@ const SESSION_ALIVE: Duration = Duration::from_secs(180);
 const PATH_ALIVE: Duration = Duration::from_secs(35);
 /// Scratch buffers must hold a full datagram plus WireGuard's overhead.
 pub const SCRATCH_LEN: usize = 65_536;
+/// Probes to addresses not known to be a peer's (LAN candidates, peer-reflexive ones), per
+/// target IP address across all peers: a mesh must never flood a third party, whatever
+/// addresses a peer reports or forges.
+const UNVERIFIED_PROBES: Rate = Rate::every(6, 1000);
+/// Target addresses with a probe budget remembered at most.
+const MAX_PROBE_TARGETS: usize = 4096;
 
 /// How a peer is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +74,8 @@ pub enum Path {
     Direct,
     Relay,
     Connecting,
+    /// No traffic either way yet: no tunnel (it is built on the first packet).
+    Idle,
 }
 
 impl Path {
@@ -64,6 +84,7 @@ impl Path {
             Path::Direct => "direct",
             Path::Relay => "relay",
             Path::Connecting => "connecting",
+            Path::Idle => "idle",
         }
     }
 }
@@ -87,6 +108,8 @@ struct Peer {
     no_direct_since: Option<Instant>,
     /// Which path was last reported (for "peer up/down" logs).
     reported: Path,
+    /// The counters of the pings it sent us: each is answered once.
+    pings: StampWindow,
 }
 
 impl Peer {
@@ -146,12 +169,30 @@ pub struct PeerView {
     pub tx_bytes: u64,
 }
 
+/// What a [`Mesh`] starts from besides its key.
+pub struct MeshConfig {
+    pub keepalive_secs: u16,
+    /// Probe counters and relay bind timestamps start above this (see
+    /// `lanmesh_proto::stamp`).
+    pub stamp_floor: u64,
+    /// The wall clock at `now` (nanoseconds since the Unix epoch).
+    pub wall_ns: u64,
+    /// Seeds the nonces and transaction ids.
+    pub seed: u64,
+}
+
 pub struct Mesh {
     private: StaticSecret,
     public: x25519_dalek::PublicKey,
     me: PublicKey,
     keepalive_secs: u16,
     rate_limiter: Arc<RateLimiter>,
+    /// This node's mesh address and network, once registered.
+    identity: Option<(Ipv4Addr, Ipv4Net)>,
+    /// Everyone the peer map lists (and that passed its checks).
+    known: HashMap<PublicKey, PeerInfo>,
+    known_by_ip: HashMap<Ipv4Addr, PublicKey>,
+    /// Peers with a tunnel.
     slots: Vec<Option<Peer>>,
     generations: Vec<u8>,
     by_key: HashMap<PublicKey, usize>,
@@ -159,29 +200,53 @@ pub struct Mesh {
     relays: RelayClient,
     user_pings: Vec<UserPing>,
     ping_replies: Vec<PingReply>,
+    probe_budget: KeyedLimiter<IpAddr>,
+    first_contacts: TokenBucket,
+    stamps: Stamps,
+    clock: WallClock,
+    rng: StdRng,
     drops: LogLimit,
     epoch: Instant,
 }
 
 impl Mesh {
-    pub fn new(private: StaticSecret, keepalive_secs: u16, now: Instant) -> Mesh {
+    pub fn new(private: StaticSecret, config: MeshConfig, now: Instant) -> Mesh {
         let public = x25519_dalek::PublicKey::from(&private);
+        let clock = WallClock::new(now, config.wall_ns);
+        let mut rng = StdRng::seed_from_u64(config.seed);
         Mesh {
             rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
-            relays: RelayClient::new(private.clone()),
+            relays: RelayClient::new(
+                private.clone(),
+                config.stamp_floor,
+                clock,
+                rand::RngCore::next_u64(&mut rng),
+            ),
             private,
             public,
             me: PublicKey::from(public),
-            keepalive_secs,
+            keepalive_secs: config.keepalive_secs,
+            identity: None,
+            known: HashMap::new(),
+            known_by_ip: HashMap::new(),
             slots: Vec::new(),
             generations: Vec::new(),
             by_key: HashMap::new(),
             by_ip: HashMap::new(),
             user_pings: Vec::new(),
             ping_replies: Vec::new(),
+            probe_budget: KeyedLimiter::new(UNVERIFIED_PROBES, MAX_PROBE_TARGETS),
+            first_contacts: TokenBucket::full(probing::FIRST_CONTACTS, 0),
+            stamps: Stamps::new(config.stamp_floor),
+            clock,
+            rng,
             drops: LogLimit::new(5),
             epoch: now,
         }
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// The relays the coordinator lists.
@@ -203,131 +268,33 @@ impl Mesh {
     }
 
     fn dropped(&mut self, now: Instant, why: std::fmt::Arguments) {
-        if self.drops.allow((now - self.epoch).as_millis() as u64) {
+        if self.drops.allow(self.ms(now)) {
             debug!("dropped packet: {why}");
         }
     }
 
-    /// Brings the peer set in line with the coordinator's map. Returns the peers that joined
-    /// online: the coordinator should have both sides of each punch at once.
-    pub fn apply_peer_map(
+    /// Sends a path probe to `addr`, within the per-address budget when the address is not
+    /// known to be the peer's. Returns whether it went out.
+    fn send_probe(
         &mut self,
         now: Instant,
-        peers: Vec<PeerInfo>,
-        scratch: &mut [u8],
+        addr: SocketAddr,
+        verified: bool,
+        datagram: &[u8],
         io: &mut impl Io,
-    ) -> Vec<PublicKey> {
-        let wanted: HashMap<PublicKey, PeerInfo> =
-            peers.into_iter().map(|p| (p.public_key, p)).collect();
-        let gone: Vec<PublicKey> = self
-            .by_key
-            .keys()
-            .filter(|k| !wanted.contains_key(k))
-            .copied()
-            .collect();
-        for key in gone {
-            self.remove(&key);
-        }
-        let mut joined = Vec::new();
-        for (key, info) in wanted {
-            match self.by_key.get(&key) {
-                Some(&slot) => self.update(now, slot, info),
-                None => {
-                    if info.online {
-                        joined.push(key);
-                    }
-                    self.add(now, info, scratch, io);
-                }
+    ) -> bool {
+        if !verified {
+            let ms = self.ms(now);
+            if !self.probe_budget.take(&addr.ip(), ms) {
+                self.dropped(
+                    now,
+                    format_args!("probe to {addr}: over the budget for unverified addresses"),
+                );
+                return false;
             }
         }
-        joined
-    }
-
-    fn add(&mut self, now: Instant, info: PeerInfo, scratch: &mut [u8], io: &mut impl Io) {
-        if info.public_key == PublicKey::from(self.public) {
-            return;
-        }
-        let slot = match self.slots.iter().position(Option::is_none) {
-            Some(s) => s,
-            None if self.slots.len() < 1 << 16 => {
-                self.slots.push(None);
-                self.generations.push(0);
-                self.slots.len() - 1
-            }
-            None => return,
-        };
-        self.generations[slot] = self.generations[slot].wrapping_add(1);
-        let index = slot as u32 | (self.generations[slot] as u32) << 16;
-        let tunn = Tunn::new(
-            self.private.clone(),
-            info.public_key.into(),
-            None,
-            Some(self.keepalive_secs),
-            index,
-            Some(self.rate_limiter.clone()),
-        );
-        info!(peer = %info.name, mesh_ip = %info.mesh_ip, "peer added");
-        if let Some(old) = self.by_ip.insert(info.mesh_ip, slot) {
-            debug!(slot = old, "mesh IP moved to a new peer");
-        }
-        self.by_key.insert(info.public_key, slot);
-        let mut paths = PathFinder::new(rand::random());
-        paths.set_candidates(&info.candidates);
-        let online = info.online;
-        if online {
-            // Both sides learn of each other at about the same time and punch together.
-            paths.start_punch(now);
-        }
-        let probe_key = ProbeKey::derive(&self.private, &self.me, &info.public_key);
-        self.slots[slot] = Some(Peer {
-            endpoint: paths.fallback(),
-            info,
-            tunn,
-            index,
-            paths,
-            probe_key,
-            relayed: false,
-            no_direct_since: Some(now),
-            reported: Path::Connecting,
-        });
-        if online {
-            self.initiate(slot, false, scratch, io);
-            self.handle_timeout(now, scratch, io, &mut |_| {});
-        }
-    }
-
-    fn update(&mut self, now: Instant, slot: usize, info: PeerInfo) {
-        let Some(peer) = self.slots[slot].as_mut() else {
-            return;
-        };
-        if info.candidates != peer.info.candidates {
-            peer.paths.set_candidates(&info.candidates);
-            if peer.paths.best().is_none() {
-                peer.endpoint = peer.paths.fallback();
-            }
-            if info.online {
-                peer.paths.start_punch(now);
-            }
-        } else if info.online && !peer.info.online && peer.paths.best().is_none() {
-            peer.paths.start_punch(now);
-        }
-        if peer.info.mesh_ip != info.mesh_ip {
-            self.by_ip.remove(&peer.info.mesh_ip);
-            self.by_ip.insert(info.mesh_ip, slot);
-        }
-        peer.info = info;
-    }
-
-    fn remove(&mut self, key: &PublicKey) {
-        let Some(slot) = self.by_key.remove(key) else {
-            return;
-        };
-        if let Some(peer) = self.slots[slot].take() {
-            info!(peer = %peer.info.name, "peer removed");
-            if self.by_ip.get(&peer.info.mesh_ip) == Some(&slot) {
-                self.by_ip.remove(&peer.info.mesh_ip);
-            }
-        }
+        io.send_udp(addr, datagram);
+        true
     }
 
     /// Starts a handshake with the peer in `slot` (over its current path).
@@ -352,8 +319,21 @@ impl Mesh {
         let Some(dst) = ipv4_destination(packet) else {
             return; // IPv6 and junk: no IPv6 mesh addresses yet.
         };
-        let Some(&slot) = self.by_ip.get(&dst) else {
-            return self.dropped(now, format_args!("no peer has mesh IP {dst}"));
+        let slot = match self.by_ip.get(&dst) {
+            Some(&slot) => slot,
+            None => match self.known_by_ip.get(&dst).copied() {
+                // The first packet for an idle peer: build its tunnel and have both sides
+                // punch at once.
+                Some(key) => match self.ensure(now, &key) {
+                    Some(slot) => {
+                        let peer = self.slots[slot].as_mut().expect("just made");
+                        peer.paths.want_coordinated_punch(now);
+                        slot
+                    }
+                    None => return,
+                },
+                None => return self.dropped(now, format_args!("no peer has mesh IP {dst}")),
+            },
         };
         let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
         peer.paths.on_data_tx(now);
@@ -390,9 +370,13 @@ impl Mesh {
             Err(_) => return self.dropped(now, format_args!("unverified datagram from {src}")),
         };
         let slot = match &packet {
-            Packet::HandshakeInit(p) => parse_handshake_anon(&self.private, &self.public, p)
-                .ok()
-                .and_then(|h| self.by_key.get(&PublicKey(h.peer_static_public)).copied()),
+            Packet::HandshakeInit(p) => {
+                match parse_handshake_anon(&self.private, &self.public, p) {
+                    // A known peer that had no tunnel yet gets one now.
+                    Ok(h) => self.ensure(now, &PublicKey(h.peer_static_public)),
+                    Err(_) => None,
+                }
+            }
             Packet::HandshakeResponse(p) => self.slot_of_index(p.receiver_idx),
             Packet::PacketCookieReply(p) => self.slot_of_index(p.receiver_idx),
             Packet::PacketData(p) => self.slot_of_index(p.receiver_idx),
@@ -482,6 +466,7 @@ impl Mesh {
                             .unwrap_or_default();
                         info!(peer = %peer.info.name, mesh_ip = %peer.info.mesh_ip, %relay, "peer up (via relay)");
                     }
+                    Path::Idle => {}
                     Path::Connecting => {
                         info!(peer = %peer.info.name, "peer down (no working path)")
                     }
@@ -501,6 +486,19 @@ impl Mesh {
     }
 
     pub fn peers(&self, now: Instant) -> Vec<PeerView> {
+        let idle = self
+            .known
+            .values()
+            .filter(|info| !self.by_key.contains_key(&info.public_key))
+            .map(|info| PeerView {
+                info: info.clone(),
+                path: Path::Idle,
+                endpoint: None,
+                relay: None,
+                last_handshake: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+            });
         let mut views: Vec<PeerView> = self
             .slots
             .iter()
@@ -522,6 +520,7 @@ impl Mesh {
                     tx_bytes: tx as u64,
                 }
             })
+            .chain(idle)
             .collect();
         views.sort_by_key(|v| v.info.mesh_ip);
         views

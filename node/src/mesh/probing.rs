@@ -5,9 +5,11 @@ use super::{kind_name, Io, Mesh, RELAY_AFTER};
 use crate::paths::PathAction;
 use crate::relays::HomeChange;
 use lanmesh_proto::messages::Candidates;
-use lanmesh_proto::probe::{self, Probe, Transaction};
+use lanmesh_proto::probe::{self, Probe, ProbeKey, Transaction};
+use lanmesh_proto::rate::Rate;
 use lanmesh_proto::relay::SEND_HEADER;
 use lanmesh_proto::PublicKey;
+use rand::RngCore;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -51,12 +53,16 @@ pub(super) struct UserPing {
     via: Via,
 }
 
+/// Probes from peers without a tunnel opened per second (each costs a Diffie-Hellman).
+pub(super) const FIRST_CONTACTS: Rate = Rate::new(32, 20);
+
 /// `node ping`s remembered while waiting for their pongs.
 const MAX_USER_PINGS: usize = 64;
 
 impl Mesh {
     /// A path probe (ping or pong) from the socket. Probes from unknown senders are dropped
-    /// after a table lookup, before any cryptography.
+    /// after a table lookup, before any cryptography; a ping is answered once (its counter
+    /// must be fresh), with a pong of exactly its size.
     pub fn handle_probe(
         &mut self,
         now: Instant,
@@ -81,23 +87,50 @@ impl Mesh {
         let Some(sender) = probe::sender(datagram) else {
             return self.dropped(now, format_args!("malformed probe from {src}"));
         };
-        let Some(&slot) = self.by_key.get(&sender) else {
+        if !self.known.contains_key(&sender) {
             return self.dropped(now, format_args!("probe from unknown key at {src}"));
-        };
+        }
         let me = self.me;
-        let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
-        let Some(message) = peer.probe_key.open(datagram) else {
+        let mut nonce = [0u8; 12];
+        self.rng.fill_bytes(&mut nonce);
+        // A tunnel for the peer is built only for a genuine probe.
+        let probe_key = match self.by_key.get(&sender) {
+            Some(&slot) => self.slots[slot].as_ref().expect("filled").probe_key.clone(),
+            None => {
+                // Opening a probe from a peer without a tunnel costs a Diffie-Hellman: a
+                // small budget, so forged ones cannot burn the CPU.
+                let ms = self.ms(now);
+                if !self.first_contacts.take(FIRST_CONTACTS, ms) {
+                    return self.dropped(now, format_args!("first-contact probe budget"));
+                }
+                ProbeKey::derive(&self.private, &me, &sender)
+            }
+        };
+        let Some(message) = probe_key.open(datagram) else {
             return self.dropped(now, format_args!("forged probe from {src}"));
         };
+        let Some(slot) = self.ensure(now, &sender) else {
+            return;
+        };
+        let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
         match message {
-            Probe::Ping { tx } => {
-                let pong =
-                    peer.probe_key
-                        .seal(&me, &Probe::Pong { tx, observed: src }, rand::random());
+            Probe::Ping { tx, counter } => {
+                // Counters make every ping count once: a replay (from anywhere) earns nothing.
+                // A ping without one comes from an older node: it is answered, but teaches us
+                // no address.
+                let legacy = counter == 0;
+                if !legacy && !peer.pings.accept(counter) {
+                    return self.dropped(now, format_args!("replayed ping from {src}"));
+                }
+                let pong = peer
+                    .probe_key
+                    .seal(&me, &Probe::Pong { tx, observed: src }, nonce);
                 match relay {
                     None => {
                         io.send_udp(src, &pong);
-                        peer.paths.on_ping(now, src);
+                        if !legacy {
+                            peer.paths.on_ping(now, src);
+                        }
                     }
                     Some(_) => {
                         // Answer the way it came: through the relay.
@@ -156,21 +189,26 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) -> Result<(Transaction, String, Via), PingError> {
-        let slot = self
-            .slots
-            .iter()
-            .position(|p| {
-                p.as_ref()
-                    .is_some_and(|p| p.info.name == target || p.info.mesh_ip.to_string() == target)
-            })
+        let key = self
+            .known
+            .values()
+            .find(|p| p.name == target || p.mesh_ip.to_string() == target)
+            .map(|p| p.public_key)
             .ok_or_else(|| PingError::UnknownPeer(target.to_string()))?;
+        let slot = self
+            .ensure(now, &key)
+            .ok_or_else(|| PingError::NoPath(target.to_string()))?;
         let me = self.me;
+        let mut tx: Transaction = [0; 12];
+        self.rng.fill_bytes(&mut tx);
+        let mut nonce = [0u8; 12];
+        self.rng.fill_bytes(&mut nonce);
+        let counter = self.stamps.next(self.clock.ns(now));
         let peer = self.slots[slot].as_mut().expect("found above");
-        peer.paths.on_data_tx(now);
-        let tx: Transaction = rand::random();
+        peer.paths.want_coordinated_punch(now);
         let ping = peer
             .probe_key
-            .seal(&me, &Probe::Ping { tx }, rand::random());
+            .seal(&me, &Probe::Ping { tx, counter }, nonce);
         let name = peer.info.name.clone();
         let via = if peer.relayed {
             scratch[SEND_HEADER..SEND_HEADER + ping.len()].copy_from_slice(&ping);
@@ -220,7 +258,7 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) {
-        let Some(&slot) = self.by_key.get(key) else {
+        let Some(slot) = self.ensure(now, key) else {
             return;
         };
         let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
@@ -267,21 +305,32 @@ impl Mesh {
         }
         let me = self.me;
         let has_relay = self.relays.home().is_some();
+        let mut actions = Vec::new();
         for slot in 0..self.slots.len() {
             let Some(peer) = self.slots[slot].as_mut() else {
                 continue;
             };
             let key = peer.info.public_key;
-            let probe_key = &peer.probe_key;
-            peer.paths.handle_timeout(now, &mut |action| match action {
-                PathAction::Ping { addr, tx } => {
-                    io.send_udp(
-                        addr,
-                        &probe_key.seal(&me, &Probe::Ping { tx }, rand::random()),
-                    );
+            actions.clear();
+            peer.paths.handle_timeout(now, &mut |action| actions.push(action));
+            for action in &actions {
+                match *action {
+                    PathAction::Ping { addr, tx, verified } => {
+                        let counter = self.stamps.next(self.clock.ns(now));
+                        let mut nonce = [0u8; 12];
+                        self.rng.fill_bytes(&mut nonce);
+                        let peer = self.slots[slot].as_ref().expect("filled");
+                        let ping = peer
+                            .probe_key
+                            .seal(&me, &Probe::Ping { tx, counter }, nonce);
+                        self.send_probe(now, addr, verified, &ping, io);
+                    }
+                    PathAction::RequestPunch => request_punch(key),
                 }
-                PathAction::RequestPunch => request_punch(key),
-            });
+            }
+            let Some(peer) = self.slots[slot].as_mut() else {
+                continue;
+            };
             // Relay when no direct path works; go back to direct as soon as one does.
             if peer.paths.best().is_some() {
                 peer.no_direct_since = None;

@@ -40,7 +40,8 @@ impl Mesh {
             }
             return self.probe_from(now, src, Some(src), payload, scratch, io);
         }
-        let Some(&slot) = self.by_key.get(&from) else {
+        // The relay checked that `from` is a member; a known peer gets its tunnel now.
+        let Some(slot) = self.ensure(now, &from) else {
             return self.dropped(now, format_args!("relayed datagram from an unknown key"));
         };
         let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
