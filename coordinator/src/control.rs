@@ -90,11 +90,13 @@ pub enum StoreOp {
         record: NodeRecord,
         join: Option<JoinSecret>,
     },
-    /// Remember where and when a node was last heard from (may be coalesced).
+    /// Remember where and when a node was last heard from (may be coalesced; `urgent`: the
+    /// node connected or moved, write it now).
     SaveSeen {
         key: PublicKey,
         endpoint: Option<SocketAddr>,
         last_seen_ms: u64,
+        urgent: bool,
     },
     /// Remember the newest Hello timestamp accepted from a node (replays of older Hellos are
     /// refused after a restart too).
@@ -444,7 +446,13 @@ impl ControlServer {
                     rec.role, hello.role
                 )
                 .to_lowercase();
-                self.reject(now_ms, src, Box::new(incoming), RejectReason::Other, message);
+                self.reject(
+                    now_ms,
+                    src,
+                    Box::new(incoming),
+                    RejectReason::Other,
+                    message,
+                );
             }
             Some(_) => self.accept(now_ms, src, Box::new(incoming)),
             None => self.admit(now_ms, src, Box::new(incoming)),
@@ -458,9 +466,8 @@ impl ControlServer {
         // admissions are used up), never relays.
         let open_full =
             self.registry.node_count() + self.admissions.len() >= self.settings.open_max_nodes;
-        let open = self.settings.open
-            && hello.role == Role::Node
-            && (hello.join.is_none() || !open_full);
+        let open =
+            self.settings.open && hello.role == Role::Node && (hello.join.is_none() || !open_full);
         let join = if open {
             None
         } else {
@@ -497,21 +504,22 @@ impl ControlServer {
         if self.admissions.len() >= MAX_ADMISSIONS {
             return self.dropped(now_ms, src, "too many registrations waiting for storage");
         }
-        let record = match self
-            .registry
-            .allocate(incoming.remote, hello.role, &hello.name, None, now_ms)
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return self.reject(
-                    now_ms,
-                    src,
-                    incoming,
-                    RejectReason::NetworkFull,
-                    e.to_string(),
-                )
-            }
-        };
+        let record =
+            match self
+                .registry
+                .allocate(incoming.remote, hello.role, &hello.name, None, now_ms)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    return self.reject(
+                        now_ms,
+                        src,
+                        incoming,
+                        RejectReason::NetworkFull,
+                        e.to_string(),
+                    )
+                }
+            };
         self.registry.reserve(&record);
         let ticket = self.ticket();
         self.work.push_back(Work::Store(StoreOp::Admit {
@@ -645,7 +653,10 @@ impl ControlServer {
             key,
             timestamp: hello.timestamp,
         }));
-        let rec = self.registry.get(&key).expect("accepted nodes are registered");
+        let rec = self
+            .registry
+            .get(&key)
+            .expect("accepted nodes are registered");
         let welcome = Welcome::Accepted {
             name: rec.name.clone(),
             mesh: rec.mesh_ip.map(|ip| MeshAddress {
@@ -889,8 +900,7 @@ impl ControlServer {
             self.save_seen(key, now_ms, true);
         }
         let node = self.sessions.get_mut(&idx).expect("live session");
-        let challenge = if node.validated != Some(src) && node.caps & caps::ADDRESS_CHALLENGE != 0
-        {
+        let challenge = if node.validated != Some(src) && node.caps & caps::ADDRESS_CHALLENGE != 0 {
             match node.challenge {
                 Some((c, a)) if a == src => c,
                 _ => {
@@ -958,6 +968,7 @@ impl ControlServer {
             key,
             endpoint,
             last_seen_ms: now_ms,
+            urgent: force,
         }));
     }
 

@@ -27,6 +27,8 @@ pub struct StoreWorker {
     seen: HashMap<PublicKey, (Option<SocketAddr>, u64)>,
     hello_ts: HashMap<PublicKey, u64>,
     last_flush: Option<Instant>,
+    /// Something waits that should be written at once.
+    urgent: bool,
     busy_since: Option<Instant>,
 }
 
@@ -38,6 +40,7 @@ impl StoreWorker {
             seen: HashMap::new(),
             hello_ts: HashMap::new(),
             last_flush: None,
+            urgent: false,
             busy_since: None,
         }
     }
@@ -58,7 +61,9 @@ impl StoreWorker {
                 key,
                 endpoint,
                 last_seen_ms,
+                urgent,
             } => {
+                self.urgent |= urgent;
                 let e = self.seen.entry(key).or_insert((None, 0));
                 e.0 = endpoint.or(e.0);
                 e.1 = e.1.max(last_seen_ms);
@@ -93,7 +98,7 @@ impl StoreWorker {
                 }
             }
         }
-        let due = force || self.last_flush.is_none_or(|t| now >= t + FLUSH_INTERVAL);
+        let due = force || self.urgent || self.last_flush.is_none_or(|t| now >= t + FLUSH_INTERVAL);
         if due && (!self.seen.is_empty() || !self.hello_ts.is_empty()) {
             let seen: Vec<_> = self.seen.iter().map(|(k, (e, t))| (*k, *e, *t)).collect();
             let ts: Vec<_> = self.hello_ts.iter().map(|(k, t)| (*k, *t)).collect();
@@ -102,12 +107,14 @@ impl StoreWorker {
                     self.seen.clear();
                     self.hello_ts.clear();
                     self.last_flush = Some(now);
+                    self.urgent = false;
                 }
                 Err(e) if is_busy(&e) => return self.busy(now, done),
                 Err(e) => {
                     warn!("could not save when nodes were seen: {e}");
                     self.seen.clear();
                     self.hello_ts.clear();
+                    self.urgent = false;
                 }
             }
         }
