@@ -27,6 +27,16 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
+/// For commands that print and exit (not the daemons): a closed pipe (`node status | head`)
+/// ends the process quietly, as it does for every Unix tool, instead of a panic in `println!`.
+/// Daemons keep Rust's default (the signal ignored), so a closed socket is an error, not death.
+pub fn exit_quietly_on_closed_pipe() {
+    // SAFETY: setting a signal disposition to its default has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Runs a binary's command and turns an error into one `error: ...` line and exit code 1.
 pub fn exit_on_error(result: anyhow::Result<()>) {
     if let Err(e) = result {

@@ -94,6 +94,9 @@ enum NodesCommand {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if !matches!(cli.command, Command::Serve(_)) {
+        lanmesh_common::exit_quietly_on_closed_pipe();
+    }
     exit_on_error(run(cli));
 }
 
@@ -198,7 +201,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             offline_after,
             dir,
         }) => {
-            let mut dd = data_dir::DataDir::open_admin(dir.data_dir.as_deref(), data_dir::Create::No)?;
+            let mut dd =
+                data_dir::DataDir::open_admin(dir.data_dir.as_deref(), data_dir::Create::No)?;
             let nodes = dd.list_nodes(Duration::from_secs(offline_after))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);

@@ -131,6 +131,9 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/lanmesh";
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if !matches!(cli.command, Command::Up(_)) {
+        lanmesh_common::exit_quietly_on_closed_pipe();
+    }
     exit_on_error(run(cli.command));
 }
 
@@ -312,6 +315,9 @@ fn print_status(s: &api::Status) {
         s.mesh_ip,
         s.coordinator
     );
+    if let Some(problem) = &s.problem {
+        println!("warning: {problem}");
+    }
     let rows: Vec<Vec<String>> = s
         .peers
         .iter()

@@ -98,6 +98,9 @@ struct RelayConfig {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    if !matches!(cli.command, Command::Serve(_)) {
+        lanmesh_common::exit_quietly_on_closed_pipe();
+    }
     exit_on_error(run(cli.command));
 }
 
