@@ -105,6 +105,8 @@ pub struct Coordinator {
     pub data_dir: PathBuf,
     /// `IP:PORT` it listens on; what nodes get as `--coordinator`.
     pub addr: String,
+    /// The `coordinator` binary it runs (another version's, in mixed-version tests).
+    pub program: PathBuf,
     serve_args: Vec<String>,
     proc: Option<Proc>,
 }
@@ -113,10 +115,16 @@ impl Coordinator {
     /// Starts `coordinator serve --listen <host ip>:3478 --data-dir <lab>/<role>-data
     /// <extra>` in `host`'s namespace and waits until it listens.
     pub fn start(lab: &Lab, host: &Host, extra: &[&str]) -> Coordinator {
+        Self::start_program(lab, host, extra, coordinator_bin())
+    }
+
+    /// [`Coordinator::start`] with another `coordinator` binary.
+    pub fn start_program(lab: &Lab, host: &Host, extra: &[&str], program: PathBuf) -> Coordinator {
         let mut c = Coordinator {
             host: host.clone(),
             data_dir: lab.subdir(&format!("{}-data", host.role)),
             addr: format!("{}:{COORDINATOR_PORT}", host.ip),
+            program,
             serve_args: extra.iter().map(|s| s.to_string()).collect(),
             proc: None,
         };
@@ -133,7 +141,7 @@ impl Coordinator {
         let mut args = vec!["serve", "--listen", &self.addr, "--data-dir", &data_dir];
         args.extend(self.serve_args.iter().map(String::as_str));
         let log = format!("{}-coordinator", self.host.role);
-        let p = lab.spawn(&self.host.ns, coordinator_bin(), &args, &log);
+        let p = lab.spawn(&self.host.ns, &self.program, &args, &log);
         wait_for(Duration::from_secs(20), "the coordinator to listen", || {
             if lab.listening(&self.host.ns, COORDINATOR_PORT) {
                 return Some(());
@@ -156,7 +164,7 @@ impl Coordinator {
         let data_dir = self.data_dir.display().to_string();
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--data-dir", &data_dir]);
-        lab.exec(&self.host.ns, coordinator_bin(), &all)
+        lab.exec(&self.host.ns, &self.program, &all)
     }
 
     /// Like [`Coordinator::cli`], but panics unless the command succeeds; returns stdout.
@@ -211,6 +219,8 @@ pub struct Node {
     pub state_dir: PathBuf,
     /// `IP:PORT` of the coordinator.
     pub coordinator: String,
+    /// The `node` binary it runs (another version's, in mixed-version tests).
+    pub program: PathBuf,
     proc: Option<Proc>,
 }
 
@@ -222,6 +232,7 @@ impl Node {
             name: name.to_string(),
             state_dir: lab.subdir(&format!("node-{name}")),
             coordinator: coordinator.to_string(),
+            program: node_bin(),
             proc: None,
         }
     }
@@ -238,7 +249,7 @@ impl Node {
         args.extend_from_slice(extra);
         let p = lab.spawn(
             &self.host.ns,
-            node_bin(),
+            &self.program,
             &args,
             &format!("node-{}", self.name),
         );
@@ -256,7 +267,7 @@ impl Node {
         let state_dir = self.state_dir.display().to_string();
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--state-dir", &state_dir]);
-        lab.exec(&self.host.ns, node_bin(), &all)
+        lab.exec(&self.host.ns, &self.program, &all)
     }
 
     /// `node down`, then waits for the daemon to exit; returns the daemon's exit status
@@ -319,20 +330,75 @@ impl Node {
         self.wait_status(lab, timeout, &format!("{n} peers"), |s| s.peers.len() == n)
     }
 
-    /// Waits until the peer called `peer` has `path` (e.g. `"direct"`); returns it.
+    /// Sends one datagram into the mesh to `peer_ip` (the discard port): nodes build a
+    /// peer's tunnel, and punch, on the first packet for it.
+    pub fn nudge(&self, lab: &Lab, peer_ip: &str) {
+        let to = format!("{peer_ip}:9");
+        let out = lab.exec(
+            &self.host.ns,
+            crate::testkit(),
+            [
+                "udp-send",
+                "--to",
+                to.as_str(),
+                "--count",
+                "1",
+                "--text",
+                "nudge",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "udp-send to {to} failed: {}",
+            crate::stderr(&out)
+        );
+    }
+
+    /// Polls until the peer called `peer` satisfies `cond`, with traffic: while it is not
+    /// direct, a datagram goes to it every second (tunnels are built, and punches asked
+    /// for, when there is traffic). Returns the last status.
+    pub fn wait_peer(
+        &self,
+        lab: &Lab,
+        peer: &str,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&Peer) -> bool,
+    ) -> Status {
+        let mut last_nudge: Option<Instant> = None;
+        self.wait_status(lab, timeout, what, |s| {
+            let Some(p) = s.peer(peer) else {
+                return false;
+            };
+            if cond(p) {
+                return true;
+            }
+            if p.path != "direct"
+                && last_nudge.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                last_nudge = Some(Instant::now());
+                self.nudge(lab, &p.mesh_ip);
+            }
+            false
+        })
+    }
+
+    /// Waits until the peer called `peer` has `path` (e.g. `"direct"`), sending it traffic
+    /// meanwhile (see [`Node::wait_peer`]); returns it.
     pub fn wait_path(&self, lab: &Lab, peer: &str, path: &str, timeout: Duration) -> Peer {
-        let s = self.wait_status(lab, timeout, &format!("path to {peer} {path:?}"), |s| {
-            s.peer(peer).is_some_and(|p| p.path == path)
-        });
+        let what = format!("path to {peer} {path:?}");
+        let s = self.wait_peer(lab, peer, timeout, &what, |p| p.path == path);
         s.peer(peer).cloned().expect("peer is listed")
     }
 
-    /// Polls the status for `duration` and returns every distinct `path` value seen for
+    /// Polls the status for `duration`, sending the peer a datagram every second (so the
+    /// node keeps trying to reach it), and returns every distinct `path` value seen for
     /// `peer` (in order of first appearance), to assert what never happens. Panics if the
     /// daemon exits meanwhile.
     pub fn observe_paths(&self, lab: &Lab, peer: &str, duration: Duration) -> Vec<String> {
         let start = Instant::now();
         let mut seen: Vec<String> = Vec::new();
+        let mut last_nudge: Option<Instant> = None;
         while start.elapsed() < duration {
             if let Some(p) = &self.proc {
                 if let Some(st) = lab.wait_exit(p, Duration::ZERO) {
@@ -340,7 +406,11 @@ impl Node {
                 }
             }
             if let Some(p) = self.status(lab).as_ref().and_then(|s| s.peer(peer)) {
-                if !seen.contains(&p.path) {
+                if last_nudge.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    last_nudge = Some(Instant::now());
+                    self.nudge(lab, &p.mesh_ip);
+                }
+                if !seen.contains(&p.path) && p.path != "idle" {
                     seen.push(p.path.clone());
                 }
             }
@@ -568,7 +638,7 @@ pub struct Peer {
     pub mesh_ip: String,
     pub public_key: String,
     pub online: bool,
-    /// `"direct"`, `"relay"` or `"connecting"`.
+    /// `"direct"`, `"relay"`, `"connecting"` or `"idle"` (no traffic yet: no tunnel).
     pub path: String,
     pub endpoint: Option<String>,
     /// The name of the relay carrying the traffic when `path` is `"relay"`.

@@ -169,9 +169,9 @@ fn pair_with(lab: &Lab, w: &World, na: Nat, nb: Nat, keepalive: Option<u32>) -> 
 /// Waits until `from` shows `to` on path `"relay"` through one of `w`'s relays (name set,
 /// endpoint = that relay's address); returns the peer entry.
 fn wait_relayed(lab: &Lab, w: &World, from: &Node, to: &str, timeout: Duration) -> Peer {
-    let s = from.wait_status(lab, timeout, &format!("path to {to} \"relay\""), |s| {
-        s.peer(to)
-            .is_some_and(|p| p.path == "relay" && p.relay.is_some())
+    let what = format!("path to {to} \"relay\"");
+    let s = from.wait_peer(lab, to, timeout, &what, |p| {
+        p.path == "relay" && p.relay.is_some()
     });
     let p = s.peer(to).cloned().expect("peer listed");
     let name = p.relay.clone().expect("checked");
