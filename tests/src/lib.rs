@@ -31,6 +31,7 @@
 //! test changes the network under it. [`Lab::count_packets`] counts matching packets
 //! arriving in a namespace (nftables), to prove what did or did not get through.
 
+pub mod attack;
 pub mod mesh;
 pub mod udp;
 
