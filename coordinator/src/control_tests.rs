@@ -163,11 +163,19 @@ impl FakeNode {
 
     /// Runs a handshake (following a cookie reply, as nodes do) and confirms an accepted
     /// session with a heartbeat; returns the welcome and the size of the hello.
-    fn join(&mut self, h: &mut Harness, now: u64, join: Option<JoinSecret>) -> (Option<Welcome>, usize) {
+    fn join(
+        &mut self,
+        h: &mut Harness,
+        now: u64,
+        join: Option<JoinSecret>,
+    ) -> (Option<Welcome>, usize) {
         let mut init = self.hello(join, HelloForm::Macs);
         h.datagram(now, self.addr, init.datagram());
         let mut reply = h.drain().into_iter().find(|t| t.dst == self.addr);
-        if let Some(t) = reply.as_ref().filter(|t| kind(t) == ControlKind::CookieReply) {
+        if let Some(t) = reply
+            .as_ref()
+            .filter(|t| kind(t) == ControlKind::CookieReply)
+        {
             let cookie = CookieOpener::for_coordinator(&coord_public())
                 .open(&t.payload, 7, &init.mac1().unwrap())
                 .expect("a cookie reply for this hello");
@@ -694,7 +702,10 @@ fn under_load_a_node_joins_with_a_cookie_and_floods_get_no_dh() {
     for i in 0..5_000u64 {
         h.s.handle_datagram(i / 10, attacker, &recorded);
         if let Some(w) = h.s.poll_work() {
-            panic!("a replay was opened: {}", matches!(w, Work::OpenHello { .. }));
+            panic!(
+                "a replay was opened: {}",
+                matches!(w, Work::OpenHello { .. })
+            );
         }
         replies += h.drain().len();
     }
@@ -833,10 +844,16 @@ fn endpoint_flapping_costs_the_mesh_little() {
         to_others += h.drain().iter().filter(|t| t.dst != addr).count();
     }
     let shown = h.s.registry().map_version() - v0;
-    assert!(shown <= 4, "{shown} map changes from one flapping node in 10 s");
+    assert!(
+        shown <= 4,
+        "{shown} map changes from one flapping node in 10 s"
+    );
     // The others hear of each shown change (and are reminded once a second while they do not
     // pull): O(changes), not O(flaps).
-    assert!(to_others <= 4 * (4 + 11), "{to_others} datagrams to the others");
+    assert!(
+        to_others <= 4 * (4 + 11),
+        "{to_others} datagrams to the others"
+    );
 }
 
 #[test]

@@ -10,8 +10,8 @@
 
 use ipnet::Ipv4Net;
 use lanmesh_proto::messages::{
-    encoded_len, plausible_local, Candidates, Change, PeerInfo, Role, MAX_ENDPOINTS,
-    MAX_NAME_LEN, PAGE_BUDGET,
+    encoded_len, plausible_local, Candidates, Change, PeerInfo, Role, MAX_ENDPOINTS, MAX_NAME_LEN,
+    PAGE_BUDGET,
 };
 use lanmesh_proto::rate::{Rate, TokenBucket};
 use lanmesh_proto::PublicKey;
@@ -788,11 +788,11 @@ mod tests {
         let lan = SocketAddr::from(([10, 1, 0, 2], 41641));
         let reported = vec![
             lan,
-            SocketAddr::from(([192, 0, 2, 9], 41641)),    // someone else's public address
-            SocketAddr::from(([127, 0, 0, 1], 41641)),    // loopback
-            SocketAddr::from(([100, 64, 0, 9], 41641)),   // inside the mesh network
-            SocketAddr::from(([224, 0, 0, 1], 41641)),    // multicast
-            SocketAddr::from(([192, 168, 1, 2], 9)),      // another port than the first
+            SocketAddr::from(([192, 0, 2, 9], 41641)), // someone else's public address
+            SocketAddr::from(([127, 0, 0, 1], 41641)), // loopback
+            SocketAddr::from(([100, 64, 0, 9], 41641)), // inside the mesh network
+            SocketAddr::from(([224, 0, 0, 1], 41641)), // multicast
+            SocketAddr::from(([192, 168, 1, 2], 9)),   // another port than the first
             SocketAddr::from(([203, 0, 113, 1], 41641)), // its own public address: fine
         ];
         let v = r.map_version();
@@ -834,10 +834,7 @@ mod tests {
         // The last endpoint is shown once the budget allows.
         let later = r.next_publish_ms().unwrap();
         r.publish_due(later);
-        assert_eq!(
-            all_pages(&r, &key(2))[0].candidates.public,
-            Some(ep(1099))
-        );
+        assert_eq!(all_pages(&r, &key(2))[0].candidates.public, Some(ep(1099)));
         assert_eq!(r.next_publish_ms(), None);
         // Punches always get the current candidates.
         assert_eq!(r.candidates(&key(1)).unwrap().public, Some(ep(1099)));

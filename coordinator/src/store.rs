@@ -167,14 +167,10 @@ impl SqliteStore {
     /// Creates the tables, and adds the columns a database of an older version lacks.
     fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch(SCHEMA).map_err(err)?;
-        let has_hello_ts = conn
-            .prepare("SELECT hello_ts FROM nodes LIMIT 0")
-            .is_ok();
+        let has_hello_ts = conn.prepare("SELECT hello_ts FROM nodes LIMIT 0").is_ok();
         if !has_hello_ts {
-            conn.execute_batch(
-                "ALTER TABLE nodes ADD COLUMN hello_ts INTEGER NOT NULL DEFAULT 0",
-            )
-            .map_err(err)?;
+            conn.execute_batch("ALTER TABLE nodes ADD COLUMN hello_ts INTEGER NOT NULL DEFAULT 0")
+                .map_err(err)?;
         }
         Ok(())
     }
@@ -555,13 +551,19 @@ mod tests {
         let mut s = SqliteStore::in_memory();
         s.add_node(&record(1), None, 1).unwrap();
         let ep: SocketAddr = "203.0.113.9:7".parse().unwrap();
-        s.save_seen(&[(PublicKey([1; 32]), Some(ep), 50)], &[(PublicKey([1; 32]), 77)])
-            .unwrap();
+        s.save_seen(
+            &[(PublicKey([1; 32]), Some(ep), 50)],
+            &[(PublicKey([1; 32]), 77)],
+        )
+        .unwrap();
         let n = &s.load_nodes().unwrap()[0];
         assert_eq!((n.endpoint, n.last_seen_ms, n.hello_ts), (Some(ep), 50, 77));
         // Older values never win; a missing endpoint keeps the stored one.
-        s.save_seen(&[(PublicKey([1; 32]), None, 40)], &[(PublicKey([1; 32]), 5)])
-            .unwrap();
+        s.save_seen(
+            &[(PublicKey([1; 32]), None, 40)],
+            &[(PublicKey([1; 32]), 5)],
+        )
+        .unwrap();
         let n = &s.load_nodes().unwrap()[0];
         assert_eq!((n.endpoint, n.last_seen_ms, n.hello_ts), (Some(ep), 50, 77));
         assert!(s.remove_node("n1").unwrap());

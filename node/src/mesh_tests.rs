@@ -169,12 +169,11 @@ fn strangers_get_no_answer() {
     let knock = ipv4_packet(stranger.info.mesh_ip, b.info.mesh_ip, b"let me in");
     send_from_tun(&mut stranger, &knock);
     let mut punches = Vec::new();
-    stranger.mesh.handle_timeout(
-        Instant::now(),
-        &mut scratch,
-        &mut stranger.io,
-        &mut |k| punches.push(k),
-    );
+    stranger
+        .mesh
+        .handle_timeout(Instant::now(), &mut scratch, &mut stranger.io, &mut |k| {
+            punches.push(k)
+        });
     assert!(
         !stranger.io.udp.is_empty(),
         "the stranger sent a handshake and probes"
@@ -306,12 +305,14 @@ fn a_replayed_ping_gets_no_pong_from_anywhere() {
     let mut scratch = vec![0u8; SCRATCH_LEN];
     let ping = ping_from(&a, &b, 1_000);
     let now = Instant::now();
-    b.mesh.handle_probe(now, a.addr, &ping, &mut scratch, &mut b.io);
+    b.mesh
+        .handle_probe(now, a.addr, &ping, &mut scratch, &mut b.io);
     assert_eq!(b.io.udp.len(), 1);
     b.io.udp.clear();
     for port in 1..50 {
         let src = SocketAddr::from(([198, 51, 100, 9], port));
-        b.mesh.handle_probe(now, src, &ping, &mut scratch, &mut b.io);
+        b.mesh
+            .handle_probe(now, src, &ping, &mut scratch, &mut b.io);
     }
     assert!(b.io.udp.is_empty(), "{} answers to replays", b.io.udp.len());
     // Nor did the replays become candidates that b punches.
@@ -337,7 +338,8 @@ fn a_ping_without_a_counter_from_an_older_node_gets_a_pong_but_teaches_nothing()
     let now = Instant::now();
     let elsewhere: SocketAddr = "198.51.100.9:4000".parse().unwrap();
     let old = ping_from(&a, &b, 0);
-    b.mesh.handle_probe(now, elsewhere, &old, &mut scratch, &mut b.io);
+    b.mesh
+        .handle_probe(now, elsewhere, &old, &mut scratch, &mut b.io);
     assert_eq!(b.io.udp.len(), 1, "a pong");
     b.io.udp.clear();
     b.mesh
@@ -348,19 +350,15 @@ fn a_ping_without_a_counter_from_an_older_node_gets_a_pong_but_teaches_nothing()
 #[test]
 fn idle_peers_cost_nothing() {
     let mut a = host(1);
-    let peers: Vec<PeerInfo> = (2..=250u8)
-        .map(|i| host(i).info)
-        .collect();
+    let peers: Vec<PeerInfo> = (2..=250u8).map(|i| host(i).info).collect();
     a.mesh.apply_peer_map(Instant::now(), peers);
     let mut scratch = vec![0u8; SCRATCH_LEN];
     a.mesh.tick(Instant::now(), &mut scratch, &mut a.io);
     let mut punches = Vec::new();
-    a.mesh.handle_timeout(
-        Instant::now(),
-        &mut scratch,
-        &mut a.io,
-        &mut |k| punches.push(k),
-    );
+    a.mesh
+        .handle_timeout(Instant::now(), &mut scratch, &mut a.io, &mut |k| {
+            punches.push(k)
+        });
     assert!(a.io.udp.is_empty());
     assert!(punches.is_empty());
     assert_eq!(a.mesh.poll_timeout(), None);
@@ -382,12 +380,10 @@ fn the_first_packet_builds_the_tunnel_and_asks_for_a_coordinated_punch() {
     let mut scratch = vec![0u8; SCRATCH_LEN];
     let mut punches = Vec::new();
     let wake = a.mesh.poll_timeout().expect("a punch is wanted");
-    a.mesh.handle_timeout(
-        wake.max(now),
-        &mut scratch,
-        &mut a.io,
-        &mut |k| punches.push(k),
-    );
+    a.mesh
+        .handle_timeout(wake.max(now), &mut scratch, &mut a.io, &mut |k| {
+            punches.push(k)
+        });
     assert_eq!(punches, vec![b.info.public_key]);
     assert_eq!(a.mesh.peers(now)[0].path, Path::Connecting);
 }
@@ -412,10 +408,16 @@ fn probes_to_addresses_nobody_verified_are_budgeted_per_address() {
     for i in 0..100u64 {
         let now = t0 + Duration::from_millis(i * 100);
         if i % 20 == 0 {
-            a.mesh
-                .punch(now, &b.info.public_key, &b.info.candidates, &mut scratch, &mut a.io);
+            a.mesh.punch(
+                now,
+                &b.info.public_key,
+                &b.info.candidates,
+                &mut scratch,
+                &mut a.io,
+            );
         }
-        a.mesh.handle_timeout(now, &mut scratch, &mut a.io, &mut |_| {});
+        a.mesh
+            .handle_timeout(now, &mut scratch, &mut a.io, &mut |_| {});
         for (dst, _) in a.io.udp.drain(..) {
             if dst.ip() == std::net::IpAddr::V4(victim) {
                 to_victim += 1;
@@ -426,7 +428,10 @@ fn probes_to_addresses_nobody_verified_are_budgeted_per_address() {
     }
     // A burst of 6, then one a second.
     assert!(to_victim <= 6 + 10, "{to_victim} probes at the victim");
-    assert!(to_public >= 40, "{to_public} probes to the verified address");
+    assert!(
+        to_public >= 40,
+        "{to_public} probes to the verified address"
+    );
 }
 
 #[test]

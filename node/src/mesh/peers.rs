@@ -45,7 +45,11 @@ impl Mesh {
             return Some("its key is listed twice");
         }
         match p.role {
-            Role::Relay => p.candidates.public.is_none().then_some("a relay without an address"),
+            Role::Relay => p
+                .candidates
+                .public
+                .is_none()
+                .then_some("a relay without an address"),
             Role::Node => {
                 let (own, network) = match self.identity {
                     Some((ip, net)) => (Some(ip), net),
