@@ -48,8 +48,11 @@ use crate::{run, stderr, stdout, wait_until, workspace_root, Lab, Proc};
 use anyhow::{bail, Context};
 use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::io;
+use std::mem;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -1117,6 +1120,113 @@ pub fn ipv4_udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8], id:
     buf[28..].copy_from_slice(payload);
     write_ipv4_udp_headers(&mut buf, src, dst, payload.len(), id);
     buf
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw sockets (forged sources)
+// ---------------------------------------------------------------------------------------
+
+pub fn check(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+    } else {
+        Ok(r)
+    }
+}
+
+/// A raw IPv4 socket for packets with our own IP header (IPPROTO_RAW implies IP_HDRINCL).
+pub fn raw_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned from here on.
+    let fd = check(
+        unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_RAW,
+            )
+        },
+        "raw socket (needs root or CAP_NET_RAW)",
+    )?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_buf(
+        fd.as_raw_fd(),
+        libc::SO_SNDBUFFORCE,
+        libc::SO_SNDBUF,
+        4 << 20,
+    );
+    Ok(fd)
+}
+
+/// Sets a socket buffer size, forced past the sysctl limit when we may (root).
+pub fn set_buf(fd: RawFd, force: libc::c_int, plain: libc::c_int, bytes: libc::c_int) {
+    let set = |opt| {
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(force) != 0 {
+        set(plain);
+    }
+}
+
+pub fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain data; all-zero is valid.
+    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = a.port().to_be();
+    sa.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+    sa
+}
+
+pub fn from_sockaddr_in(sa: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+        u16::from_be(sa.sin_port),
+    )
+}
+
+/// Sends single UDP datagrams with forged IPv4 sources (raw socket).
+pub struct RawSender {
+    fd: OwnedFd,
+    id: u16,
+}
+
+impl RawSender {
+    pub fn new() -> io::Result<RawSender> {
+        Ok(RawSender {
+            fd: raw_socket()?,
+            id: 1,
+        })
+    }
+
+    /// Sends `payload` from `src` (forged) to `dst`.
+    pub fn send(&mut self, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> io::Result<()> {
+        self.id = self.id.wrapping_add(1);
+        let packet = ipv4_udp_packet(src, dst, payload, self.id);
+        let sa = sockaddr_in(dst);
+        // SAFETY: sendto with a live buffer and a sockaddr_in of the right size.
+        let r = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&sa as *const libc::sockaddr_in).cast(),
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        check(r as libc::c_int, "sendto")?;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------

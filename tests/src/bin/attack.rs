@@ -42,14 +42,14 @@
 //! errors to stderr.
 
 use lanmesh_e2e::attack::{
-    hex_decode, hex_encode, parse_cidr, pcap, prefix_mask, write_ipv4_udp_headers, MAX_FLOOD_SECS,
-    MAX_UDP_PAYLOAD,
+    from_sockaddr_in, hex_decode, hex_encode, parse_cidr, pcap, prefix_mask, raw_socket, set_buf,
+    sockaddr_in, write_ipv4_udp_headers, MAX_FLOOD_SECS, MAX_UDP_PAYLOAD,
 };
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::exit;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -408,74 +408,6 @@ impl Payloads {
 // ---------------------------------------------------------------------------------------
 // Sockets
 // ---------------------------------------------------------------------------------------
-
-fn check(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
-    } else {
-        Ok(r)
-    }
-}
-
-/// A raw IPv4 socket for packets with our own IP header (IPPROTO_RAW implies IP_HDRINCL).
-fn raw_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the descriptor is owned from here on.
-    let fd = check(
-        unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_RAW,
-            )
-        },
-        "raw socket (needs root or CAP_NET_RAW)",
-    )?;
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_buf(
-        fd.as_raw_fd(),
-        libc::SO_SNDBUFFORCE,
-        libc::SO_SNDBUF,
-        4 << 20,
-    );
-    Ok(fd)
-}
-
-/// Sets a socket buffer size, forced past the sysctl limit when we may (root).
-fn set_buf(fd: RawFd, force: libc::c_int, plain: libc::c_int, bytes: libc::c_int) {
-    let set = |opt| {
-        // SAFETY: setsockopt with a pointer to a live c_int and its size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&bytes as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    if set(force) != 0 {
-        set(plain);
-    }
-}
-
-fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain data; all-zero is valid.
-    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
-    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-    sa.sin_port = a.port().to_be();
-    sa.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-    sa
-}
-
-fn from_sockaddr_in(sa: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-        u16::from_be(sa.sin_port),
-    )
-}
 
 /// Where the source of each datagram comes from.
 enum Src {
