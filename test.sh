@@ -24,11 +24,14 @@ elif ! bash scripts/deps.sh --check && have_sudo; then
     sudo bash scripts/deps.sh
 fi
 
-# 2. Build, as the invoking user.
+# 2. Build, as the invoking user: this version, and the previous one for the mixed-version
+#    tests (once; it is kept in target/previous/).
 cargo build --release --bins
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
 export LANMESH_BIN_DIR="$TARGET/release"
+LANMESH_PREVIOUS_BIN_DIR="$(bash scripts/build-previous.sh)"
+export LANMESH_PREVIOUS_BIN_DIR
 
 # 3. Test, as root.
 if is_root; then
@@ -57,6 +60,7 @@ env_args=(
     "CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}"
     "CARGO_TARGET_DIR=$TARGET"
     "LANMESH_BIN_DIR=$LANMESH_BIN_DIR"
+    "LANMESH_PREVIOUS_BIN_DIR=$LANMESH_PREVIOUS_BIN_DIR"
 )
 for v in LANMESH_KEEP_LAB RUST_LOG RUST_BACKTRACE; do
     if [ -n "${!v:-}" ]; then env_args+=("$v=${!v}"); fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools lanmesh's tests and demo use, if any are missing:
-#   ip (iproute2), nft (nftables), ping (iputils-ping), conntrack (conntrack).
+#   ip (iproute2), nft (nftables), ping (iputils-ping), conntrack (conntrack),
+#   tcpdump (the adversary tests capture and replay real packets), python3 (locks a database).
 # Idempotent: does nothing when they are all there. Installs with apt-get only when
 # running as root on a system that has it; otherwise prints what to install.
 #   bash scripts/deps.sh           install what is missing (when root), else explain
@@ -10,7 +11,7 @@ set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
-for tool in ip nft ping conntrack; do
+for tool in ip nft ping conntrack tcpdump python3; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 
@@ -18,7 +19,7 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
-packages="iproute2 nftables iputils-ping conntrack"
+packages="iproute2 nftables iputils-ping conntrack tcpdump python3"
 echo "deps: missing tools: ${missing[*]}"
 if [ "${1:-}" = "--check" ]; then
     exit 1
