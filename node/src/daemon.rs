@@ -4,6 +4,7 @@
 use crate::api::{
     Netcheck, PeerStatus, PingResult, RelayStatus, Request, Response, SeenBy, Status,
 };
+use crate::demux::{route, Route};
 use crate::mesh::{Io, Mesh, MeshConfig, Via, SCRATCH_LEN};
 use crate::netconf;
 use crate::relays::RelayInfo;
@@ -14,9 +15,7 @@ use lanmesh_common::net::{coordinator_target, resolve};
 use lanmesh_common::state_dir::StateDir;
 use lanmesh_common::unix_ns;
 use lanmesh_proto::client::{ClientConfig, ControlClient, Event, Trust};
-use lanmesh_proto::header::{classify, PacketClass};
 use lanmesh_proto::messages::{MeshAddress, Role};
-use lanmesh_proto::relay::frame_kind;
 use lanmesh_proto::stamp::WallClock;
 use lanmesh_proto::{JoinKey, PublicKey};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -357,19 +356,19 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 if let Ok((n, src)) = r {
                     let datagram = &rx_buf[..n];
                     let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
-                    match classify(datagram) {
-                        PacketClass::WireGuard => {
+                    match route(datagram) {
+                        Route::WireGuard => {
                             mesh.handle_datagram(now, src, datagram, &mut scratch, &mut io);
                         }
-                        PacketClass::Control if is_probe(datagram) => {
+                        Route::Probe => {
                             mesh.handle_probe(now, src, datagram, &mut scratch, &mut io);
                         }
-                        PacketClass::Control if frame_kind(datagram).is_some() => {
+                        Route::Relay => {
                             mesh.handle_relay_frame(now, src, datagram, &mut scratch, &mut io);
                         }
-                        PacketClass::Control => control.handle_datagram(now, clock.ns(now), src, datagram),
-                        PacketClass::Stun => stun.handle_datagram(src, datagram),
-                        PacketClass::Unknown => {}
+                        Route::Control => control.handle_datagram(now, clock.ns(now), src, datagram),
+                        Route::Stun => stun.handle_datagram(src, datagram),
+                        Route::Drop => {}
                     }
                 }
             }
@@ -533,11 +532,6 @@ fn relay_statuses(mesh: &Mesh) -> Vec<RelayStatus> {
             latency_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
         })
         .collect()
-}
-
-fn is_probe(datagram: &[u8]) -> bool {
-    lanmesh_proto::header::ControlHeader::parse(datagram)
-        .is_some_and(|h| h.kind == Some(lanmesh_proto::header::ControlKind::Probe))
 }
 
 fn status(

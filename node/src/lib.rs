@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod demux;
 pub mod mesh;
 pub mod netconf;
 pub mod paths;
