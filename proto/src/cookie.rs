@@ -157,9 +157,16 @@ impl CookieMaker {
     }
 
     /// Whether the datagram's mac2 was made with the cookie of `src` (current or previous).
+    /// A zero mac2 (a sender without a cookie) costs nothing to refuse.
     pub fn verify_mac2(&self, src: SocketAddr, datagram: &[u8]) -> bool {
+        let Some(n) = datagram.len().checked_sub(MAC_LEN) else {
+            return false;
+        };
+        if datagram[n..].iter().all(|b| *b == 0) {
+            return false;
+        }
         mac2_ok(&Self::cookie(&self.current, src), datagram)
-            | mac2_ok(&Self::cookie(&self.previous, src), datagram)
+            || mac2_ok(&Self::cookie(&self.previous, src), datagram)
     }
 
     /// The cookie reply to a Hello (with MACs) from `src`; `session` is the node's session
