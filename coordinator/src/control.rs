@@ -58,6 +58,9 @@ pub struct StoreError(pub String);
 pub struct Transmit {
     pub dst: SocketAddr,
     pub payload: Vec<u8>,
+    /// An answer to unauthenticated input (a cookie, a key, a version mismatch, STUN): sent
+    /// only when the socket has room to spare, never queued. Everything else waits for room.
+    pub best_effort: bool,
 }
 
 /// Something to do off the control loop.
@@ -362,6 +365,7 @@ impl ControlServer {
                 self.outbox.push_back(Transmit {
                     dst: src,
                     payload: header::version_mismatch().to_vec(),
+                    best_effort: true,
                 });
             }
             return;
@@ -371,7 +375,11 @@ impl ControlServer {
                 let mut payload = vec![0u8; HEADER_LEN + 32];
                 header::write_header(ControlKind::KeyResponse, &mut payload);
                 payload[HEADER_LEN..].copy_from_slice(self.public.as_bytes());
-                self.outbox.push_back(Transmit { dst: src, payload });
+                self.outbox.push_back(Transmit {
+                    dst: src,
+                    payload,
+                    best_effort: true,
+                });
             }
             Some(ControlKind::Hello | ControlKind::HelloMac) => {
                 match self.gate.check(now_ms, src, data, &mut self.rng) {
@@ -386,6 +394,7 @@ impl ControlServer {
                     Verdict::Cookie(reply) => self.outbox.push_back(Transmit {
                         dst: src,
                         payload: reply.to_vec(),
+                        best_effort: true,
                     }),
                     Verdict::Drop(why) => self.dropped(now_ms, src, why),
                 }
@@ -403,6 +412,7 @@ impl ControlServer {
             Some(n) => self.outbox.push_back(Transmit {
                 dst: src,
                 payload: out[..n].to_vec(),
+                best_effort: true,
             }),
             None => self.dropped(now_ms, src, "not an answerable STUN binding request"),
         }
@@ -724,6 +734,7 @@ impl ControlServer {
         self.outbox.push_back(Transmit {
             dst: a.src,
             payload: datagram,
+            best_effort: false,
         });
         let Some(session) = session else {
             return;
@@ -1051,6 +1062,7 @@ impl ControlServer {
             Ok(len) => self.outbox.push_back(Transmit {
                 dst,
                 payload: out[..len].to_vec(),
+                best_effort: false,
             }),
             Err(e) => warn!("could not seal a message for a node: {e}"),
         }

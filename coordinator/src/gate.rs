@@ -28,6 +28,10 @@ pub const MAX_IN_FLIGHT: usize = 128;
 const PER_SOURCE: Rate = Rate::new(10, 5);
 /// Cookie replies per source address.
 const COOKIES_PER_SOURCE: Rate = Rate::new(20, 10);
+/// Cookie replies in all: replies to forged on-link sources wait for address resolution
+/// that never comes (seconds), holding socket buffer space meanwhile; this keeps them from
+/// crowding out real traffic.
+const COOKIES: Rate = Rate::new(2000, 2000);
 /// Hellos opened in all (each costs four Diffie-Hellmans).
 const OPENED: Rate = Rate::new(200, 1000);
 /// Older-form Hellos (no MACs) opened in all, when not under load.
@@ -79,6 +83,7 @@ pub struct HelloGate {
     cookie_replies: KeyedLimiter<IpAddr>,
     opened: TokenBucket,
     legacy: TokenBucket,
+    cookies_sent: TokenBucket,
     recent: RecentSet,
     /// Hellos handed out to be opened and not yet back.
     pub in_flight: usize,
@@ -96,6 +101,7 @@ impl HelloGate {
             cookie_replies: KeyedLimiter::new(COOKIES_PER_SOURCE, MAX_SOURCES),
             opened: TokenBucket::full(OPENED, now_ms),
             legacy: TokenBucket::full(LEGACY, now_ms),
+            cookies_sent: TokenBucket::full(COOKIES, now_ms),
             recent: RecentSet {
                 set: HashSet::new(),
                 order: VecDeque::new(),
@@ -125,6 +131,15 @@ impl HelloGate {
         }
         self.hellos.add(now_ms);
         let load = self.under_load(now_ms);
+        // A Hello whose ephemeral key was opened before is a replay: nothing for it, not even
+        // a cookie.
+        let Some(ephemeral) = hello_ephemeral(datagram) else {
+            return Verdict::Drop("not a hello");
+        };
+        let tag: [u8; 16] = ephemeral[..16].try_into().expect("16 bytes");
+        if self.recent.contains(&tag) {
+            return Verdict::Drop("replayed hello (ephemeral key seen before)");
+        }
         match form {
             HelloForm::Legacy if load => return Verdict::Drop("older-form hello under load"),
             HelloForm::Legacy if !self.legacy.take(LEGACY, now_ms) => {
@@ -134,13 +149,6 @@ impl HelloGate {
                 return self.cookie_reply(now_ms, src, datagram, rng);
             }
             _ => {}
-        }
-        let Some(ephemeral) = hello_ephemeral(datagram) else {
-            return Verdict::Drop("not a hello");
-        };
-        let tag: [u8; 16] = ephemeral[..16].try_into().expect("16 bytes");
-        if self.recent.contains(&tag) {
-            return Verdict::Drop("replayed hello (ephemeral key seen before)");
         }
         if self.in_flight >= MAX_IN_FLIGHT {
             return Verdict::Drop("hello queue full");
@@ -164,6 +172,9 @@ impl HelloGate {
     ) -> Verdict {
         if !self.cookie_replies.take(&src.ip(), now_ms) {
             return Verdict::Drop("cookie replies to this address over their budget");
+        }
+        if !self.cookies_sent.take(COOKIES, now_ms) {
+            return Verdict::Drop("cookie replies over the global budget");
         }
         if self.cookies.rotation_due(now_ms) {
             let mut secret = [0u8; 32];

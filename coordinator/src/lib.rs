@@ -7,6 +7,7 @@ pub mod data_dir;
 pub mod gate;
 pub mod registry;
 pub mod serve;
+pub mod socket;
 pub mod store;
 pub mod store_worker;
 

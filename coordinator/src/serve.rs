@@ -7,6 +7,7 @@ use crate::control::{
 };
 use crate::data_dir::DataDir;
 use crate::registry::Registry;
+use crate::socket::ControlSocket;
 use crate::store_worker::StoreWorker;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -138,6 +139,8 @@ async fn serve(
         Some(dd.create_join_key(kind, Some(Duration::from_secs(24 * 3600)))?)
     };
     let listen = socket.local_addr().unwrap_or(listen);
+    let mut socket = ControlSocket::new(socket)
+        .map_err(|e| anyhow::anyhow!("cannot set up UDP {listen}: {e}"))?;
     print_banner(&dd, listen, network, open, fresh_key.as_ref());
 
     let second_stun = match settings.stun_port {
@@ -189,7 +192,6 @@ async fn serve(
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut buf = vec![0u8; 2048];
     let mut stun_buf = [0u8; 576];
     loop {
         while let Some(w) = core.poll_work() {
@@ -203,30 +205,36 @@ async fn serve(
             }
         }
         while let Some(t) = core.poll_transmit() {
-            if let Err(e) = socket.try_send_to(&t.payload, t.dst) {
-                if e.kind() != std::io::ErrorKind::WouldBlock {
-                    warn!(dst = %t.dst, "send failed: {e}");
-                }
-            }
+            socket.send(t);
         }
         let wake = core
             .poll_timeout()
             .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())))
             .unwrap_or(Duration::from_secs(3600));
+        let pending = socket.has_pending();
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                match r {
-                    Ok((n, src)) => core.handle_datagram(unix_ms(), src, &buf[..n]),
-                    Err(e) => warn!("receive failed: {e}"),
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    warn!("receive failed: {e}");
+                    continue;
                 }
-                // Take what else is queued before going round (a flood is read in batches).
-                for _ in 0..RECV_BATCH {
-                    match socket.try_recv_from(&mut buf) {
-                        Ok((n, src)) => core.handle_datagram(unix_ms(), src, &buf[..n]),
-                        Err(_) => break,
+                // Read a few batches before going round (a flood is read in bulk; the
+                // transmits they earned go out, and timers run, in between).
+                for _ in 0..RECV_BATCHES {
+                    let now = unix_ms();
+                    if socket.recv_batch(|src, d| core.handle_datagram(now, src, d)) == 0 {
+                        break;
+                    }
+                    while let Some(t) = core.poll_transmit() {
+                        socket.send(t);
                     }
                 }
             },
+            r = socket.writable(), if pending => {
+                if r.is_ok() {
+                    socket.flush();
+                }
+            }
             r = recv_stun(second_stun.as_ref(), &mut stun_buf) => {
                 if let (Ok((n, src)), Some(socket)) = (r, second_stun.as_ref()) {
                     let mut answer = [0u8; 64];
@@ -243,6 +251,12 @@ async fn serve(
             _ = sigint.recv() => break,
         }
     }
+    if socket.dropped_best_effort() > 0 {
+        info!(
+            dropped = socket.dropped_best_effort(),
+            "answers to unauthenticated input dropped for want of socket buffer room"
+        );
+    }
     // Let storage finish what it has (last-seen times).
     drop(store_tx);
     let _ = store_thread.join();
@@ -250,8 +264,8 @@ async fn serve(
     Ok(())
 }
 
-/// Datagrams read per wake-up beyond the first.
-const RECV_BATCH: usize = 63;
+/// Receive batches per wake-up.
+const RECV_BATCHES: usize = 8;
 
 type Opened = (
     SocketAddr,
