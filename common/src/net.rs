@@ -44,6 +44,33 @@ pub async fn resolve(target: &str) -> SocketAddr {
     }
 }
 
+/// Sets a socket's receive or send buffer (`SO_RCVBUF` or `SO_SNDBUF`) to `bytes`, past the
+/// system's limit when the process may (root: the `...FORCE` option), else as far as the limit
+/// allows. Best effort: the socket works either way.
+pub fn set_socket_buffer(fd: std::os::fd::RawFd, option: libc::c_int, bytes: usize) {
+    let force = match option {
+        libc::SO_RCVBUF => libc::SO_RCVBUFFORCE,
+        libc::SO_SNDBUF => libc::SO_SNDBUFFORCE,
+        other => other,
+    };
+    let v = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+    let set = |opt| {
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(force) != 0 {
+        set(option);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::coordinator_target;

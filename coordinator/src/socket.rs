@@ -6,6 +6,7 @@
 //! instead of being dropped.
 
 use crate::control::Transmit;
+use lanmesh_common::net::set_socket_buffer;
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
@@ -35,32 +36,12 @@ pub struct ControlSocket {
     dropped_best_effort: u64,
 }
 
-/// Sets a buffer size option, forced past the system limit when allowed (root).
-fn set_buffer(fd: i32, force: libc::c_int, plain: libc::c_int, bytes: usize) {
-    let v = bytes as libc::c_int;
-    let set = |opt| {
-        // SAFETY: setsockopt with a pointer to a live c_int and its size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    if set(force) != 0 {
-        set(plain);
-    }
-}
-
 impl ControlSocket {
     /// Wraps a bound socket.
     pub fn new(socket: UdpSocket) -> io::Result<ControlSocket> {
         let fd = socket.as_raw_fd();
-        set_buffer(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, BUFFER_BYTES);
-        set_buffer(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, BUFFER_BYTES);
+        set_socket_buffer(fd, libc::SO_RCVBUF, BUFFER_BYTES);
+        set_socket_buffer(fd, libc::SO_SNDBUF, BUFFER_BYTES);
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
         let sndbuf = state
             .send_buffer_size(UdpSockRef::from(&socket))

@@ -46,13 +46,14 @@
 
 use crate::{run, stderr, stdout, wait_until, workspace_root, Lab, Proc};
 use anyhow::{bail, Context};
+pub use lanmesh_common::net::set_socket_buffer;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -1150,32 +1151,8 @@ pub fn raw_socket() -> io::Result<OwnedFd> {
     )?;
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_buf(
-        fd.as_raw_fd(),
-        libc::SO_SNDBUFFORCE,
-        libc::SO_SNDBUF,
-        4 << 20,
-    );
+    set_socket_buffer(fd.as_raw_fd(), libc::SO_SNDBUF, 4 << 20);
     Ok(fd)
-}
-
-/// Sets a socket buffer size, forced past the sysctl limit when we may (root).
-pub fn set_buf(fd: RawFd, force: libc::c_int, plain: libc::c_int, bytes: libc::c_int) {
-    let set = |opt| {
-        // SAFETY: setsockopt with a pointer to a live c_int and its size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&bytes as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    if set(force) != 0 {
-        set(plain);
-    }
 }
 
 pub fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {

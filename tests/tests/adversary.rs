@@ -65,6 +65,25 @@ fn sent_bytes(out: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `sent` line in {out:?}"))
 }
 
+/// The evil member's flags to join `w`'s coordinator from the attacker's address, then
+/// `extra`.
+fn evil_args(w: &World, extra: &[&str]) -> Vec<String> {
+    let bind = format!("{ATTACKER_IP}:41641");
+    let mut args: Vec<String> = [
+        "--auth-key",
+        &w.key,
+        "--coordinator",
+        &w.coord.addr,
+        "--bind",
+        &bind,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// The coordinator, a reusable key, and the attacker's namespace.
 struct World {
     coord: Coordinator,
@@ -370,26 +389,20 @@ fn a_member_cannot_aim_traffic_at_a_victim() {
     // Hello may carry), asks for punches
     // with everyone every 100 ms, and sends authenticated requests from the public victim's
     // address, for 12 s.
-    let key = w.key.clone();
-    let mut args: Vec<String> = [
-        "--auth-key",
-        &key,
-        "--coordinator",
-        &w.coord.addr,
-        "--bind",
-        &format!("{ATTACKER_IP}:41641"),
-        "--punch-every-ms",
-        "100",
-        "--forge-src",
-        &format!("{VICTIM_IP}:53"),
-        "--forge-rounds",
-        "50",
-        "--seconds",
-        "12",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let forge_src = format!("{VICTIM_IP}:53");
+    let mut args = evil_args(
+        &w,
+        &[
+            "--punch-every-ms",
+            "100",
+            "--forge-src",
+            &forge_src,
+            "--forge-rounds",
+            "50",
+            "--seconds",
+            "12",
+        ],
+    );
     for port in 40_001..=40_004 {
         args.extend(["--local".into(), format!("{}:{port}", lan_victim.ip)]);
         args.extend(["--local".into(), format!("{VICTIM_IP}:{port}")]);
@@ -495,22 +508,7 @@ fn endpoint_flapping_costs_the_mesh_little() {
     count_bytes_at(&lab, &w.coord.host.ns, Hook::Output, "honest", &to_honest);
     std::thread::sleep(Duration::from_secs(10));
     let quiet = bytes_counted(&lab, &w.coord.host.ns, "honest").packets;
-    let key = w.key.clone();
-    let args: Vec<String> = [
-        "--auth-key",
-        &key,
-        "--coordinator",
-        &w.coord.addr,
-        "--bind",
-        &format!("{ATTACKER_IP}:41641"),
-        "--flap-every-ms",
-        "100",
-        "--seconds",
-        "10",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = evil_args(&w, &["--flap-every-ms", "100", "--seconds", "10"]);
     let before = bytes_counted(&lab, &w.coord.host.ns, "honest").packets;
     evil(&lab, &w.attacker.ns, &args);
     let flapping = bytes_counted(&lab, &w.coord.host.ns, "honest").packets - before;

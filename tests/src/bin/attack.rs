@@ -42,8 +42,8 @@
 //! errors to stderr.
 
 use lanmesh_e2e::attack::{
-    from_sockaddr_in, hex_decode, hex_encode, parse_cidr, pcap, prefix_mask, raw_socket, set_buf,
-    sockaddr_in, write_ipv4_udp_headers, MAX_FLOOD_SECS, MAX_UDP_PAYLOAD,
+    from_sockaddr_in, hex_decode, hex_encode, parse_cidr, pcap, prefix_mask, raw_socket,
+    set_socket_buffer, sockaddr_in, write_ipv4_udp_headers, MAX_FLOOD_SECS, MAX_UDP_PAYLOAD,
 };
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -493,12 +493,7 @@ impl Sender {
             // then fails one sendmmsg call (see `send`), and the flood goes on.
             sock.connect(dst)?;
             let fd = OwnedFd::from(sock);
-            set_buf(
-                fd.as_raw_fd(),
-                libc::SO_SNDBUFFORCE,
-                libc::SO_SNDBUF,
-                4 << 20,
-            );
+            set_socket_buffer(fd.as_raw_fd(), libc::SO_SNDBUF, 4 << 20);
             fd
         };
         let header = if src.spoofed() { 28 } else { 0 };
@@ -816,7 +811,7 @@ fn listen(opts: &Opts) -> anyhow::Result<()> {
     // would make the sender's CPU, which runs our receive path over veth, pay a wakeup
     // per datagram.
     let fd = sock.as_raw_fd();
-    set_buf(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 32 << 20);
+    set_socket_buffer(fd, libc::SO_RCVBUF, 32 << 20);
     eprintln!("listening on {bind}");
 
     const BUF: usize = 65536;
