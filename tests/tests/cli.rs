@@ -1574,3 +1574,127 @@ fn errors_with_a_running_mesh() {
         a.status(&lab).is_some()
     });
 }
+
+/// The coordinator's data dir: admin commands never make one (a typo in --data-dir, or a user
+/// without the coordinator's dir, gets a one-line error instead of a new coordinator
+/// identity), and the files in it are owner-only, also in a dir that existed with a looser
+/// mode.
+#[test]
+fn coordinator_data_dirs_are_never_made_by_accident_and_stay_private() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("datadir");
+    let missing = dir.join("typo");
+    for args in [
+        vec!["keys", "list"],
+        vec!["keys", "revoke", "0123456789abcdef"],
+        vec!["nodes", "list"],
+        vec!["nodes", "remove", "x"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--data-dir", &missing]);
+        let out = host(coordinator_bin(), &all);
+        assert_user_error(
+            &format!("coordinator {} on a missing data dir", args.join(" ")),
+            &out,
+            &["no coordinator data dir", "typo"],
+        );
+        assert!(
+            !dir.path().join("typo").exists(),
+            "coordinator {} created the data dir",
+            args.join(" ")
+        );
+    }
+    // Without --data-dir, as a user whose default dir does not exist.
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run_with(
+        &[
+            "env",
+            &format!("HOME={home}"),
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        coordinator_bin(),
+        &["keys", "create"],
+    );
+    assert_user_error(
+        "keys create without a data dir, unprivileged",
+        &out,
+        &["no coordinator data dir", "--data-dir"],
+    );
+    assert!(
+        !Path::new(&home)
+            .join(".local/share/lanmesh-coordinator")
+            .exists(),
+        "keys create made a new coordinator identity"
+    );
+
+    // `keys create --data-dir` prepares a new dir; modes are owner-only, and a loose mode of
+    // an existing dir is fixed.
+    let data = dir.join("data");
+    key_from(&host(
+        coordinator_bin(),
+        &["keys", "create", "--data-dir", &data],
+    ));
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = host(coordinator_bin(), &["keys", "list", "--data-dir", &data]);
+    assert!(out.status.success(), "keys list: {}", stderr(&out));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(Path::new(&data)),
+        0o700,
+        "the data dir's mode was not fixed"
+    );
+    for f in [
+        "coordinator.key",
+        "coordinator.db",
+        "coordinator.db-wal",
+        "coordinator.db-shm",
+    ] {
+        let p = Path::new(&data).join(f);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f} is not owner-only");
+        }
+    }
+}
+
+/// Listing commands piped into a reader that stops early (`| head -1`) end quietly.
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly() {
+    let dir = TempDir::new("pipe");
+    let data = dir.join("data");
+    key_from(&host(
+        coordinator_bin(),
+        &["keys", "create", "--data-dir", &data],
+    ));
+    // More keys than a pipe buffer holds in the listing (so the writer meets the closed
+    // pipe), written straight into the database.
+    let db = format!("{data}/coordinator.db");
+    let fill = format!(
+        "import sqlite3\n\
+         c = sqlite3.connect({db:?})\n\
+         c.executemany('INSERT INTO join_keys (id, secret_hash, reusable, relay, created_ms) \
+         VALUES (?, ?, 1, 0, 1)', [(i.to_bytes(8, 'big'), bytes(32)) for i in range(3000)])\n\
+         c.commit()\n"
+    );
+    let out = host("python3", &["-c", &fill]);
+    assert!(out.status.success(), "python3: {}", stderr(&out));
+    let script = format!(
+        "{} keys list --data-dir {data} | head -1; {} keys list --json --data-dir {data} | head -1",
+        coordinator_bin().display(),
+        coordinator_bin().display()
+    );
+    let out = host("sh", &["-c", &script]);
+    let err = stderr(&out);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "a closed pipe made the listing fail loudly: {err}"
+    );
+    assert!(out.status.success(), "sh: {}", out.status);
+}
