@@ -472,3 +472,26 @@ fn implausible_peer_map_entries_are_refused() {
         .collect();
     assert_eq!(names, vec![good.name]);
 }
+
+#[test]
+fn a_punch_that_comes_before_the_peer_map_is_done_once_the_map_shows_the_peer() {
+    let (mut a, b) = (host(1), host(2));
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    let now = Instant::now();
+    a.mesh.punch(
+        now,
+        &b.info.public_key,
+        &b.info.candidates,
+        &mut scratch,
+        &mut a.io,
+    );
+    assert!(a.io.udp.is_empty(), "a does not know b yet");
+    know(&mut a, &[&b.info]);
+    let wake = a.mesh.poll_timeout().expect("a punch is due");
+    a.mesh
+        .handle_timeout(wake.max(now), &mut scratch, &mut a.io, &mut |_| {});
+    assert!(
+        a.io.udp.iter().any(|(dst, _)| *dst == b.addr),
+        "no probe to b after the map showed it"
+    );
+}

@@ -192,6 +192,8 @@ pub struct Mesh {
     /// Everyone the peer map lists (and that passed its checks).
     known: HashMap<PublicKey, PeerInfo>,
     known_by_ip: HashMap<Ipv4Addr, PublicKey>,
+    /// Coordinated punches for peers the map did not show yet.
+    early_punches: HashMap<PublicKey, (lanmesh_proto::messages::Candidates, Instant)>,
     /// Peers with a tunnel.
     slots: Vec<Option<Peer>>,
     generations: Vec<u8>,
@@ -229,6 +231,7 @@ impl Mesh {
             identity: None,
             known: HashMap::new(),
             known_by_ip: HashMap::new(),
+            early_punches: HashMap::new(),
             slots: Vec::new(),
             generations: Vec::new(),
             by_key: HashMap::new(),

@@ -5,18 +5,21 @@ use super::{Mesh, Path, Peer};
 use crate::paths::PathFinder;
 use boringtun::noise::Tunn;
 use ipnet::Ipv4Net;
-use lanmesh_proto::messages::{PeerInfo, Role};
+use lanmesh_proto::messages::{Candidates, PeerInfo, Role};
 use lanmesh_proto::probe::ProbeKey;
 use lanmesh_proto::replay::StampWindow;
 use lanmesh_proto::PublicKey;
 use rand::RngCore;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// Tunnels kept at most (each costs a few KiB).
 const MAX_TUNNELS: usize = 1 << 16;
+/// Punches for peers the map does not show yet, remembered at most, and for how long.
+const MAX_EARLY_PUNCHES: usize = 256;
+const EARLY_PUNCH_FOR: Duration = Duration::from_secs(10);
 
 impl Mesh {
     /// This node's mesh address and network (from its registration): peer map entries are
@@ -106,6 +109,10 @@ impl Mesh {
             if !self.known.contains_key(&key) {
                 info!(peer = %info.name, mesh_ip = %info.mesh_ip, "peer added");
             }
+            let early = self
+                .early_punches
+                .remove(&key)
+                .filter(|(_, at)| now.saturating_duration_since(*at) < EARLY_PUNCH_FOR);
             if let Some(old) = self.known.get(&key) {
                 if old.mesh_ip != info.mesh_ip {
                     self.known_by_ip.remove(&old.mesh_ip);
@@ -116,7 +123,24 @@ impl Mesh {
                 self.update(now, slot, info.clone());
             }
             self.known.insert(key, info);
+            if let Some((candidates, _)) = early {
+                if let Some(slot) = self.ensure(now, &key) {
+                    let peer = self.slots[slot].as_mut().expect("just made");
+                    peer.paths.set_candidates(&candidates);
+                    peer.paths.start_punch(now);
+                }
+            }
         }
+        self.early_punches
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < EARLY_PUNCH_FOR);
+    }
+
+    /// Remembers a coordinated punch for a peer the map does not show yet.
+    pub(super) fn early_punch(&mut self, now: Instant, key: PublicKey, candidates: &Candidates) {
+        if self.early_punches.len() >= MAX_EARLY_PUNCHES && !self.early_punches.contains_key(&key) {
+            return;
+        }
+        self.early_punches.insert(key, (candidates.clone(), now));
     }
 
     /// The peer's tunnel, built now if the peer is known and has none yet.

@@ -258,6 +258,12 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) {
+        if !self.known.contains_key(key) {
+            // The peer asked before our map shows it (the map comes within a moment): punch
+            // as soon as it does.
+            self.early_punch(now, *key, candidates);
+            return;
+        }
         let Some(slot) = self.ensure(now, key) else {
             return;
         };
