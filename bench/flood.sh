@@ -23,48 +23,6 @@
 # building), LANMESH_KEEP_LAB=1 (keep the lab's logs in /tmp), RUST_LOG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
-
-# Build as the invoking user: everything, or only the bench tools when LANMESH_BIN_DIR is given.
-if [ -z "${LANMESH_BIN_DIR:-}" ]; then
-    cargo build --release --bins
-else
-    cargo build --release -p lanmesh-e2e --bins
-fi
-export LANMESH_BIN_DIR="${LANMESH_BIN_DIR:-$TARGET/release}"
-BENCH="$TARGET/release/lanmesh-bench-flood"
-# The flooder (it is not in LANMESH_BIN_DIR necessarily).
-export LANMESH_ATTACK="${LANMESH_ATTACK:-$TARGET/release/lanmesh-attack}"
-
-install_tcpdump() {
-    if command -v tcpdump >/dev/null 2>&1; then return 0; fi
-    if command -v apt-get >/dev/null 2>&1; then
-        echo "flood.sh: installing tcpdump (to record a real Hello)" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q --no-install-recommends tcpdump >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null 2>&1 \
-                 && apt-get install -y -q --no-install-recommends tcpdump >/dev/null 2>&1; } \
-            || { echo "flood.sh: could not install tcpdump" >&2; return 1; }
-    else
-        echo "flood.sh: needs tcpdump (to record a real Hello); please install it" >&2
-        return 1
-    fi
-}
-
-if [ "$(id -u)" -ne 0 ]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-        echo "flood.sh: needs root (network namespaces) and there is no sudo" >&2
-        exit 1
-    fi
-    if ! bash scripts/deps.sh --check; then sudo bash scripts/deps.sh; fi
-    env_args=("LANMESH_BIN_DIR=$LANMESH_BIN_DIR" "LANMESH_ATTACK=$LANMESH_ATTACK" "PATH=$PATH")
-    for v in LANMESH_KEEP_LAB RUST_LOG; do
-        if [ -n "${!v:-}" ]; then env_args+=("$v=${!v}"); fi
-    done
-    exec sudo env "${env_args[@]}" bash -c "$(declare -f install_tcpdump); install_tcpdump; exec \"\$0\" \"\$@\"" "$BENCH" "$@"
-fi
-bash scripts/deps.sh
-install_tcpdump
-exec "$BENCH" "$@"
+source bench/lib.sh
+bench_build lanmesh-bench-flood
+bench_exec "$@"

@@ -19,20 +19,7 @@
 # building), LANMESH_KEEP_LAB=1 (keep each lab's logs in /tmp), RUST_LOG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-case "$TARGET" in /*) ;; *) TARGET="$ROOT/$TARGET" ;; esac
-
-# Build as the invoking user: everything, or only the bench when LANMESH_BIN_DIR is given.
-if [ -z "${LANMESH_BIN_DIR:-}" ]; then
-    cargo build --release --bins
-else
-    cargo build --release -p lanmesh-e2e --bins
-fi
-export LANMESH_BIN_DIR="${LANMESH_BIN_DIR:-$TARGET/release}"
-BENCH="$TARGET/release/lanmesh-bench-relay"
-# The bench finds lanmesh-testkit through this (it is not in LANMESH_BIN_DIR necessarily).
-export LANMESH_TESTKIT="${LANMESH_TESTKIT:-$TARGET/release/lanmesh-testkit}"
+source bench/lib.sh
 
 install_iperf3() {
     if command -v iperf3 >/dev/null 2>&1; then return 0; fi
@@ -47,20 +34,6 @@ install_iperf3() {
         echo "relay.sh: no iperf3 (and no apt-get); measuring with lanmesh-testkit" >&2
     fi
 }
-
-if [ "$(id -u)" -ne 0 ]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-        echo "relay.sh: needs root (network namespaces) and there is no sudo" >&2
-        exit 1
-    fi
-    if ! bash scripts/deps.sh --check; then sudo bash scripts/deps.sh; fi
-    env_args=("LANMESH_BIN_DIR=$LANMESH_BIN_DIR" "LANMESH_TESTKIT=$LANMESH_TESTKIT" "PATH=$PATH")
-    for v in LANMESH_KEEP_LAB RUST_LOG; do
-        if [ -n "${!v:-}" ]; then env_args+=("$v=${!v}"); fi
-    done
-    # iperf3 needs root to install; the bench then runs as root too.
-    exec sudo env "${env_args[@]}" bash -c "$(declare -f install_iperf3); install_iperf3; exec \"\$0\" \"\$@\"" "$BENCH" "$@"
-fi
-bash scripts/deps.sh
-install_iperf3
-exec "$BENCH" "$@"
+BENCH_ROOT_SETUP=install_iperf3
+bench_build lanmesh-bench-relay
+bench_exec "$@"
