@@ -495,3 +495,39 @@ fn a_punch_that_comes_before_the_peer_map_is_done_once_the_map_shows_the_peer() 
         "no probe to b after the map showed it"
     );
 }
+
+#[test]
+fn a_ping_stays_a_replay_after_its_peer_was_dropped_and_listed_again() {
+    let (a, mut b) = (host(1), host(2));
+    know(&mut b, &[&a.info]);
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    let now = Instant::now();
+    let ping = ping_from(&a, &b, 7_000);
+    b.mesh
+        .handle_probe(now, a.addr, &ping, &mut scratch, &mut b.io);
+    assert_eq!(b.io.udp.len(), 1);
+    b.io.udp.clear();
+    b.mesh.apply_peer_map(now, vec![]);
+    know(&mut b, &[&a.info]);
+    b.mesh
+        .handle_probe(now, a.addr, &ping, &mut scratch, &mut b.io);
+    assert!(b.io.udp.is_empty(), "the old ping was answered again");
+}
+
+#[test]
+fn pings_without_a_counter_get_a_few_pongs_only() {
+    let (a, mut b) = (host(1), host(2));
+    know(&mut b, &[&a.info]);
+    let mut scratch = vec![0u8; SCRATCH_LEN];
+    let now = Instant::now();
+    let old = ping_from(&a, &b, 0);
+    for _ in 0..50 {
+        b.mesh
+            .handle_probe(now, a.addr, &old, &mut scratch, &mut b.io);
+    }
+    assert!(
+        b.io.udp.len() <= 4,
+        "{} pongs to one replayable ping",
+        b.io.udp.len()
+    );
+}

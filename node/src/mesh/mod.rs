@@ -108,8 +108,6 @@ struct Peer {
     no_direct_since: Option<Instant>,
     /// Which path was last reported (for "peer up/down" logs).
     reported: Path,
-    /// The counters of the pings it sent us: each is answered once.
-    pings: StampWindow,
 }
 
 impl Peer {
@@ -203,6 +201,9 @@ pub struct Mesh {
     user_pings: Vec<UserPing>,
     ping_replies: Vec<PingReply>,
     probe_budget: KeyedLimiter<IpAddr>,
+    /// The counters of the pings each peer sent us: each is answered once.
+    ping_windows: HashMap<PublicKey, StampWindow>,
+    legacy_pongs: KeyedLimiter<PublicKey>,
     first_contacts: TokenBucket,
     stamps: Stamps,
     clock: WallClock,
@@ -239,6 +240,8 @@ impl Mesh {
             user_pings: Vec::new(),
             ping_replies: Vec::new(),
             probe_budget: KeyedLimiter::new(UNVERIFIED_PROBES, MAX_PROBE_TARGETS),
+            ping_windows: HashMap::new(),
+            legacy_pongs: KeyedLimiter::new(probing::LEGACY_PONGS, MAX_PROBE_TARGETS),
             first_contacts: TokenBucket::full(probing::FIRST_CONTACTS, 0),
             stamps: Stamps::new(config.stamp_floor),
             clock,

@@ -17,6 +17,8 @@ use tracing::{debug, info, warn};
 
 /// Tunnels kept at most (each costs a few KiB).
 const MAX_TUNNELS: usize = 1 << 16;
+/// Ping counter windows kept at most (of peers known now, and then of peers gone).
+const MAX_PING_WINDOWS: usize = 1 << 16;
 /// Punches for peers the map does not show yet, remembered at most, and for how long.
 const MAX_EARLY_PUNCHES: usize = 256;
 const EARLY_PUNCH_FOR: Duration = Duration::from_secs(10);
@@ -135,6 +137,23 @@ impl Mesh {
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < EARLY_PUNCH_FOR);
     }
 
+    /// The counters of the pings `key` sent us (kept when its tunnel or map entry goes, so a
+    /// replay of an old ping stays a replay; those of forgotten peers are bounded).
+    pub(super) fn ping_window(&mut self, key: &PublicKey) -> &mut StampWindow {
+        if !self.ping_windows.contains_key(key) && self.ping_windows.len() >= MAX_PING_WINDOWS {
+            let known = &self.known;
+            let forgotten = self
+                .ping_windows
+                .keys()
+                .find(|k| !known.contains_key(k))
+                .copied();
+            if let Some(k) = forgotten {
+                self.ping_windows.remove(&k);
+            }
+        }
+        self.ping_windows.entry(*key).or_default()
+    }
+
     /// Remembers a coordinated punch for a peer the map does not show yet.
     pub(super) fn early_punch(&mut self, now: Instant, key: PublicKey, candidates: &Candidates) {
         if self.early_punches.len() >= MAX_EARLY_PUNCHES && !self.early_punches.contains_key(&key) {
@@ -190,7 +209,6 @@ impl Mesh {
             relayed: false,
             no_direct_since: Some(now),
             reported: Path::Connecting,
-            pings: StampWindow::default(),
         });
         Some(slot)
     }

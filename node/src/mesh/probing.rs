@@ -53,6 +53,9 @@ pub(super) struct UserPing {
     via: Via,
 }
 
+/// Pongs to pings without a counter (older nodes), per peer.
+pub(super) const LEGACY_PONGS: Rate = Rate::new(4, 1);
+
 /// Probes from peers without a tunnel opened per second (each costs a Diffie-Hellman).
 pub(super) const FIRST_CONTACTS: Rate = Rate::new(32, 20);
 
@@ -112,16 +115,29 @@ impl Mesh {
         let Some(slot) = self.ensure(now, &sender) else {
             return;
         };
+        if let Probe::Ping { counter, .. } = message {
+            // Counters make every ping count once: a replay (from anywhere) earns nothing. The
+            // window outlives the tunnel (a peer dropped and listed again keeps it). A ping
+            // without one comes from an older node and may be a replay: it is answered only
+            // directly (same size), within a small budget per peer, and teaches no address.
+            let fresh = match counter {
+                0 => {
+                    let ms = self.ms(now);
+                    relay.is_none() && self.legacy_pongs.take(&sender, ms)
+                }
+                c => self.ping_window(&sender).accept(c),
+            };
+            if !fresh {
+                return self.dropped(
+                    now,
+                    format_args!("replayed or unanswerable ping from {src}"),
+                );
+            }
+        }
         let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
         match message {
             Probe::Ping { tx, counter } => {
-                // Counters make every ping count once: a replay (from anywhere) earns nothing.
-                // A ping without one comes from an older node: it is answered, but teaches us
-                // no address.
                 let legacy = counter == 0;
-                if !legacy && !peer.pings.accept(counter) {
-                    return self.dropped(now, format_args!("replayed ping from {src}"));
-                }
                 let pong = peer
                     .probe_key
                     .seal(&me, &Probe::Pong { tx, observed: src }, nonce);
