@@ -24,7 +24,8 @@ use lanmesh_proto::header::{
 use lanmesh_proto::join_key::JoinSecret;
 use lanmesh_proto::log_limit::LogLimit;
 use lanmesh_proto::messages::{
-    self, caps, MeshAddress, RejectReason, Role, ToCoordinator, ToNode, Welcome, MAX_PLAINTEXT,
+    self, caps, policy, MeshAddress, RejectReason, Role, ToCoordinator, ToNode, Welcome,
+    MAX_PLAINTEXT,
 };
 use lanmesh_proto::rate::{KeyedLimiter, Rate, TokenBucket};
 use lanmesh_proto::{stun, PublicKey, PROTOCOL_VERSION};
@@ -128,6 +129,23 @@ pub struct Settings {
     pub stun_port: Option<u16>,
     /// In open mode, nodes are admitted without a key only while fewer are registered.
     pub open_max_nodes: usize,
+    /// Nodes carry broadcast and multicast between them (`--no-lan-broadcast` turns it off).
+    pub lan_broadcast: bool,
+    /// The DNS domain of peer names.
+    pub domain: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            open: false,
+            heartbeat_secs: 15,
+            stun_port: None,
+            open_max_nodes: DEFAULT_OPEN_MAX_NODES,
+            lan_broadcast: true,
+            domain: lanmesh_proto::messages::DEFAULT_DOMAIN.into(),
+        }
+    }
 }
 
 /// The default for [`Settings::open_max_nodes`].
@@ -678,6 +696,12 @@ impl ControlServer {
             endpoint: src,
             stun_port: self.settings.stun_port,
             capabilities: caps::ALL,
+            policy: if self.settings.lan_broadcast {
+                0
+            } else {
+                policy::NO_LAN_BROADCAST
+            },
+            domain: self.settings.domain.clone(),
         };
         debug!(%src, key = %key.short(), at = now_ms, "welcoming node");
         self.answer(src, incoming, welcome);

@@ -42,6 +42,7 @@ impl Harness {
                 heartbeat_secs: 15,
                 stun_port: None,
                 open_max_nodes: 64,
+                ..Settings::default()
             },
         )
     }
@@ -865,6 +866,7 @@ fn open_mode_registrations_are_capped_and_rate_limited() {
             heartbeat_secs: 15,
             stun_port: None,
             open_max_nodes: 5,
+            ..Settings::default()
         },
     );
     let from = |i: u8| SocketAddr::from(([198, 51, 100, 1], 10_000 + i as u16));

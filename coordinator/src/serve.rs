@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use ipnet::Ipv4Net;
 use lanmesh_common::unix_ms;
+use lanmesh_proto::messages::{valid_domain, DEFAULT_DOMAIN, MAX_DOMAIN_LEN};
 use lanmesh_proto::{stun, DEFAULT_COORDINATOR_PORT, DEFAULT_NETWORK};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +49,13 @@ pub struct ServeArgs {
     /// destination; 0 for none [default: the listen port + 2].
     #[arg(long, value_name = "PORT")]
     pub stun_port: Option<u16>,
+    /// Tell every node to carry no broadcast or multicast between nodes (LAN-game discovery,
+    /// mDNS, SSDP) [default: carried; each node can also switch it off for itself].
+    #[arg(long)]
+    pub no_lan_broadcast: bool,
+    /// DNS domain of peer names: `alice.party` with `--domain party` [default: mesh].
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
     /// TOML config file; flags given on the command line win over it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -64,6 +72,8 @@ pub struct ServeConfig {
     open_max_nodes: Option<usize>,
     offline_after_secs: Option<u64>,
     stun_port: Option<u16>,
+    lan_broadcast: Option<bool>,
+    domain: Option<String>,
 }
 
 pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
@@ -94,6 +104,18 @@ pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
         None if listen.port() == 0 => Some(0),
         None => listen.port().checked_add(2),
     };
+    let lan_broadcast = !args.no_lan_broadcast && config.lan_broadcast.unwrap_or(true);
+    let domain = args
+        .domain
+        .or(config.domain)
+        .unwrap_or_else(|| DEFAULT_DOMAIN.into())
+        .to_ascii_lowercase();
+    if !valid_domain(&domain) {
+        bail!(
+            "--domain {domain:?} is not a DNS domain: use labels of letters, digits and \
+             hyphens separated by dots, at most {MAX_DOMAIN_LEN} characters (e.g. mesh, party)"
+        );
+    }
     let data_dir = args.dir.data_dir.or(config.data_dir);
     let dd = DataDir::open(data_dir.as_deref(), Some(network))?;
 
@@ -106,6 +128,8 @@ pub fn run(args: ServeArgs, config: ServeConfig) -> anyhow::Result<()> {
         heartbeat_secs: (offline_after / 4).clamp(1, 10) as u16,
         stun_port,
         open_max_nodes,
+        lan_broadcast,
+        domain,
     };
     runtime.block_on(serve(dd, listen, network, settings, offline_after))
 }

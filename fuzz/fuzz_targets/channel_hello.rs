@@ -33,6 +33,8 @@ fn welcome() -> Welcome {
         endpoint: "[2001:db8::7]:41641".parse().unwrap(),
         stun_port: Some(3480),
         capabilities: u64::MAX,
+        policy: u64::MAX,
+        domain: "a".repeat(63),
     }
 }
 

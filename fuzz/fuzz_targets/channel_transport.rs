@@ -52,6 +52,8 @@ fn establish() -> [Session; 2] {
         endpoint: "203.0.113.11:41641".parse().unwrap(),
         stun_port: None,
         capabilities: caps::ALL,
+        policy: 0,
+        domain: String::new(),
     };
     let init = Initiator::start(
         &secret(seed::NODE_A),

@@ -71,6 +71,8 @@ enum WelcomeSpec {
         endpoint: AddrSpec,
         stun_port: Option<u16>,
         capabilities: u64,
+        policy: u64,
+        domain: String,
     },
     Rejected {
         reason: u8,
@@ -413,6 +415,8 @@ fuzz_target!(|input: &[u8]| {
                         endpoint,
                         stun_port,
                         capabilities,
+                        policy,
+                        domain,
                     } => Welcome::Accepted {
                         name,
                         mesh: mesh.map(|(ip, prefix)| MeshAddress {
@@ -426,6 +430,8 @@ fuzz_target!(|input: &[u8]| {
                         endpoint: endpoint.addr(),
                         stun_port,
                         capabilities,
+                        policy,
+                        domain,
                     },
                     WelcomeSpec::Rejected { reason, message } => Welcome::Rejected {
                         reason: match reason % 7 {

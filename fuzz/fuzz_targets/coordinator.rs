@@ -207,6 +207,8 @@ impl Harness {
                 heartbeat_secs: 15,
                 stun_port: (flags & 2 != 0).then_some(3480),
                 open_max_nodes: 3,
+                lan_broadcast: flags & 4 == 0,
+                ..Settings::default()
             },
             T0_MS,
             7,

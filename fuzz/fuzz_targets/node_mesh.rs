@@ -73,6 +73,7 @@ fn new_mesh(seed: u8, now: Instant) -> Mesh {
         stamp_floor: 0,
         wall_ns: WALL0_NS,
         seed: seed as u64,
+        lan: lanmesh_node::lan::LanConfig::default(),
     };
     let mut mesh = Mesh::new(static_secret(seed), config, now);
     mesh.set_identity(mesh_ip(seed), "100.64.0.0/10".parse().unwrap());

@@ -393,6 +393,8 @@ mod tests {
             endpoint: "203.0.113.1:5".parse().unwrap(),
             stun_port: None,
             capabilities: crate::messages::caps::ALL,
+            policy: 0,
+            domain: String::new(),
         }
     }
 

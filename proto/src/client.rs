@@ -68,6 +68,10 @@ pub enum Event {
         endpoint: SocketAddr,
         /// The coordinator's second STUN address, if it has one.
         coordinator_stun: Option<SocketAddr>,
+        /// Network-wide switches ([`messages::policy`]).
+        policy: u64,
+        /// The DNS domain of peer names (valid; the default if the coordinator named none).
+        domain: String,
     },
     /// A complete, consistent peer map.
     PeerMap(Vec<PeerInfo>),
@@ -609,6 +613,8 @@ impl ControlClient {
                     endpoint,
                     stun_port,
                     capabilities,
+                    policy,
+                    domain,
                 },
                 Some(session),
             ) => {
@@ -623,11 +629,20 @@ impl ControlClient {
                 self.note_public_endpoint(endpoint);
                 let coordinator_stun =
                     stun_port.map(|p| SocketAddr::new(self.coordinator_addr.ip(), p));
+                // A domain that is no DNS domain (or none, from an older coordinator) means
+                // the default.
+                let domain = if messages::valid_domain(&domain) {
+                    domain
+                } else {
+                    messages::DEFAULT_DOMAIN.into()
+                };
                 self.events.push_back(Event::Registered {
                     name,
                     mesh,
                     endpoint,
                     coordinator_stun,
+                    policy,
+                    domain,
                 });
                 let heartbeat = Duration::from_secs(heartbeat_secs.clamp(1, 600) as u64);
                 self.state = State::Connected(Box::new(Connected {

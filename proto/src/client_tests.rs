@@ -77,6 +77,8 @@ fn accepted(map_version: u64) -> Welcome {
         endpoint: "198.51.100.1:41641".parse().unwrap(),
         stun_port: Some(3480),
         capabilities: caps::ALL,
+        policy: 0,
+        domain: String::new(),
     }
 }
 

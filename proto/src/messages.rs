@@ -66,6 +66,34 @@ pub mod caps {
     pub const ALL: u64 = MAP_DELTAS | ADDRESS_CHALLENGE;
 }
 
+/// Network-wide switches the coordinator sets for every node, in [`Welcome::Accepted`].
+/// A bit set turns something off, so an older coordinator's 0 means the defaults.
+pub mod policy {
+    /// Nodes carry no broadcast or multicast (`coordinator serve --no-lan-broadcast`).
+    pub const NO_LAN_BROADCAST: u64 = 1;
+}
+
+/// The DNS domain of peer names when the coordinator names none.
+pub const DEFAULT_DOMAIN: &str = "mesh";
+/// The longest domain a coordinator hands out.
+pub const MAX_DOMAIN_LEN: usize = 63;
+
+/// Whether `domain` can be the mesh's DNS domain: dot-separated labels of lowercase letters,
+/// digits and inner hyphens, at most [`MAX_DOMAIN_LEN`] bytes, not all digits.
+pub fn valid_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain.len() <= MAX_DOMAIN_LEN
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        && !domain.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
 /// What joins the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -132,6 +160,11 @@ pub enum Welcome {
         stun_port: Option<u16>,
         /// What the coordinator understands ([`caps`]; 0 from older coordinators).
         capabilities: u64,
+        /// Network-wide switches ([`policy`]; 0 from older coordinators: everything on).
+        policy: u64,
+        /// The DNS domain of peer names (`alice.mesh`); empty from older coordinators, which
+        /// means [`DEFAULT_DOMAIN`].
+        domain: String,
     },
     Rejected {
         reason: RejectReason,
@@ -347,7 +380,9 @@ impl Checked for Hello {
 impl Checked for Welcome {
     fn within_limits(&self) -> bool {
         match self {
-            Welcome::Accepted { name, .. } => name_ok(name),
+            Welcome::Accepted { name, domain, .. } => {
+                name_ok(name) && domain.len() <= MAX_DOMAIN_LEN
+            }
             Welcome::Rejected { message, .. } => message.len() <= 200,
         }
     }
@@ -589,6 +624,8 @@ mod tests {
             endpoint: ep,
             stun_port: Some(3480),
             capabilities: caps::ALL,
+            policy: 0,
+            domain: "party".into(),
         };
         let n = encode(&welcome, &mut buf, 0).unwrap();
         let (w, _) = postcard::take_from_bytes::<old::Welcome>(&buf[..n]).unwrap();
@@ -607,8 +644,13 @@ mod tests {
             Welcome::Accepted {
                 capabilities,
                 stun_port,
+                policy,
+                domain,
                 ..
-            } => assert_eq!((capabilities, stun_port), (0, None)),
+            } => {
+                assert_eq!((capabilities, stun_port, policy), (0, None, 0));
+                assert_eq!(domain, "", "no domain: the node uses the default");
+            }
             w => panic!("{w:?}"),
         }
         // Acks with a challenge and heartbeats with an echo, both ways.

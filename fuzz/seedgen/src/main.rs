@@ -499,6 +499,7 @@ fn session_messages(msgs: &mut Seeds) {
             heartbeat_secs: 15,
             stun_port: Some(3480),
             open_max_nodes: 64,
+            ..Settings::default()
         },
         T0_MS,
         1,
