@@ -1,6 +1,7 @@
 //! What the node daemon's local control socket (`node.sock`) speaks: `node status` and
 //! `node down` use it.
 
+use crate::lan::LanCounters;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -82,6 +83,28 @@ pub struct Status {
     /// The relays the coordinator lists, with their round trip (null: not answering).
     pub relays: Vec<RelayStatus>,
     pub peers: Vec<PeerStatus>,
+    /// The DNS domain of peer names (null before registering).
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Broadcast and multicast between nodes.
+    #[serde(default)]
+    pub lan_broadcast: LanBroadcastStatus,
+    /// `broadcast_tx`, `broadcast_rx`, `broadcast_dropped`.
+    #[serde(flatten, default)]
+    pub counters: LanCounters,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LanBroadcastStatus {
+    /// This node's switch (`--lan-broadcast`).
+    pub enabled: bool,
+    /// The coordinator's switch for the whole network.
+    pub allowed_by_network: bool,
+    /// Both: broadcast and multicast are carried.
+    pub active: bool,
+    /// Limits: packets and kilobits a second (sent by this node, received from each peer).
+    pub limit_pps: u32,
+    pub limit_kbit: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

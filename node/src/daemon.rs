@@ -2,11 +2,13 @@
 //! local control socket, and feeds them to the sans-IO [`ControlClient`] and [`Mesh`].
 
 use crate::api::{
-    Netcheck, PeerStatus, PingResult, RelayStatus, Request, Response, SeenBy, Status,
+    LanBroadcastStatus, Netcheck, PeerStatus, PingResult, RelayStatus, Request, Response, SeenBy,
+    Status,
 };
 use crate::demux::{route, Route};
+use crate::lan::{igmp, LanConfig};
 use crate::mesh::{Io, Mesh, MeshConfig, Via, SCRATCH_LEN};
-use crate::netconf;
+use crate::netconf::{self, MeshPlacement};
 use crate::relays::RelayInfo;
 use crate::stun_client::StunClient;
 use anyhow::{bail, Context};
@@ -35,6 +37,8 @@ pub struct UpOptions {
     /// Extra STUN servers (HOST:PORT) to learn whether our NAT mapping varies by destination.
     pub stun: Vec<String>,
     pub keepalive_secs: u16,
+    /// Broadcast and multicast between nodes (`--lan-broadcast`, limits).
+    pub lan: LanConfig,
 }
 
 /// Interface endpoints are re-read this often (addresses change when networks do).
@@ -59,11 +63,23 @@ fn local_endpoints(port: u16, mesh_interface: &str) -> Vec<SocketAddr> {
     out
 }
 
-/// What the node has been told about itself.
+/// The kernel's multicast groups on the mesh interface are read this often (and at once when
+/// it reports a change into the TUN).
+const GROUPS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the node has been told about itself, and how the interface is set up for it.
 struct Identity {
     name: String,
-    mesh_ip: Ipv4Addr,
-    network: ipnet::Ipv4Net,
+    placement: MeshPlacement,
+    /// The DNS domain of peer names.
+    domain: String,
+}
+
+/// The groups programs joined on the mesh interface.
+fn kernel_groups(iface: &str) -> Vec<Ipv4Addr> {
+    std::fs::read_to_string("/proc/net/igmp")
+        .map(|text| igmp::parse_proc_igmp(&text, iface))
+        .unwrap_or_default()
 }
 
 type ApiCall = local_api::Call<Request, Response>;
@@ -165,6 +181,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         stamp_floor,
         wall_ns: clock.ns(epoch),
         seed: rand::random(),
+        lan: opts.lan,
     };
     let mut mesh = Mesh::new(secret, mesh_config, epoch);
     let mut stun_servers = Vec::new();
@@ -185,6 +202,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let mut stun = StunClient::new(stun_servers.clone(), epoch, rand::random());
     let mut reported_varies = None;
     let mut next_local_scan = epoch + LOCAL_ENDPOINTS_INTERVAL;
+    let mut next_groups_read = epoch;
     let mut punch_requests: Vec<PublicKey> = Vec::new();
     let mut pings: Vec<PendingPing> = Vec::new();
     let mut netchecks: Vec<(oneshot::Sender<Response>, Instant)> = Vec::new();
@@ -220,6 +238,8 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     mesh: address,
                     endpoint,
                     coordinator_stun,
+                    policy,
+                    domain,
                 } => {
                     if let Some(addr) = coordinator_stun {
                         if !stun_servers.contains(&addr) {
@@ -236,6 +256,12 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                         continue;
                     };
                     mesh.set_identity(mesh_ip, network);
+                    let allowed = policy & lanmesh_proto::messages::policy::NO_LAN_BROADCAST == 0;
+                    if opts.lan.enabled && !allowed {
+                        info!("the coordinator switched broadcast and multicast off for this network");
+                    }
+                    mesh.set_lan_allowed(allowed);
+                    let placement = MeshPlacement { mesh_ip, network, lan: mesh.lan_active() };
                     if let Trust::JoinKey(k) = trust {
                         if opts.state.pinned_coordinator()? != Some(k) {
                             opts.state.pin_coordinator(&k)?;
@@ -243,24 +269,28 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     }
                     match &identity {
                         None => {
-                            info!(%name, %mesh_ip, %network, public_endpoint = %endpoint, "registered");
-                            let device = netconf::create_tun(&opts.interface, mesh_ip)?;
-                            netconf::install_routes(&opts.interface, mesh_ip, network)?;
+                            info!(%name, %mesh_ip, %network, public_endpoint = %endpoint, lan_broadcast = placement.lan, %domain, "registered");
+                            let device = netconf::create_tun(&opts.interface)?;
+                            netconf::set_address(&opts.interface, None, &placement)?;
+                            netconf::install_routes(&opts.interface, &placement)?;
                             info!(interface = %opts.interface, "mesh interface up");
                             tun = Some(device);
                         }
                         Some(old) => {
                             info!(%name, %mesh_ip, "reconnected to the coordinator");
-                            if old.mesh_ip != mesh_ip || old.network != network {
-                                warn!(old = %old.mesh_ip, new = %mesh_ip, "the coordinator gave this node a new mesh IP");
-                                netconf::readdress(&opts.interface, old.mesh_ip, mesh_ip, network)?;
+                            let was = old.placement;
+                            if was.mesh_ip != mesh_ip || was.network != network {
+                                warn!(old = %was.mesh_ip, new = %mesh_ip, "the coordinator gave this node a new mesh IP");
+                            }
+                            if was != placement {
+                                netconf::replace(&opts.interface, &was, &placement)?;
                             }
                         }
                     }
                     identity = Some(Identity {
                         name,
-                        mesh_ip,
-                        network,
+                        placement,
+                        domain,
                     });
                 }
                 Event::PeerMap(map) => {
@@ -391,6 +421,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 let mut io = SocketIo { udp: &udp, tun: tun.as_ref() };
                 mesh.tick(now, &mut scratch, &mut io);
                 mesh.handle_timeout(now, &mut scratch, &mut io, &mut |k| punch_requests.push(k));
+                if tun.is_some() && (mesh.lan_groups_stale() || now >= next_groups_read) {
+                    next_groups_read = now + GROUPS_INTERVAL;
+                    mesh.set_lan_groups(kernel_groups(&opts.interface));
+                }
                 if now >= next_local_scan {
                     next_local_scan = now + LOCAL_ENDPOINTS_INTERVAL;
                     control.set_local_endpoints(now, local_endpoints(port, &opts.interface));
@@ -548,8 +582,17 @@ fn status(
             .unwrap_or_default(),
         mesh_ip: identity
             .as_ref()
-            .map(|i| i.mesh_ip.to_string())
+            .map(|i| i.placement.mesh_ip.to_string())
             .unwrap_or_default(),
+        domain: identity.as_ref().map(|i| i.domain.clone()),
+        lan_broadcast: LanBroadcastStatus {
+            enabled: mesh.lan_config().enabled,
+            allowed_by_network: mesh.lan_allowed(),
+            active: mesh.lan_active(),
+            limit_pps: mesh.lan_config().pps,
+            limit_kbit: mesh.lan_config().kbit,
+        },
+        counters: mesh.lan_counters(),
         public_key: public.to_string(),
         coordinator: control.coordinator_addr().to_string(),
         coordinator_connected: control.is_connected(),

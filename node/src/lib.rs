@@ -5,6 +5,7 @@
 pub mod api;
 pub mod daemon;
 pub mod demux;
+pub mod lan;
 pub mod mesh;
 pub mod netconf;
 pub mod paths;

@@ -1,5 +1,6 @@
 //! `node`: joins this machine to a lanmesh network.
 
+use lanmesh_node::lan::{self, LanConfig};
 use lanmesh_node::{api, daemon, mesh};
 
 use anyhow::{bail, Context};
@@ -105,6 +106,17 @@ struct UpArgs {
     /// UDP mappings after 30 s) [default: 25].
     #[arg(long, value_name = "SECS")]
     keepalive: Option<u16>,
+    /// Carry broadcast and multicast between this node and its peers, so games find each
+    /// other's servers as on one LAN: `--lan-broadcast=false` to switch it off [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    lan_broadcast: Option<bool>,
+    /// Broadcast and multicast packets a second this node sends, and takes from each peer
+    /// (1 to 1000) [default: 200].
+    #[arg(long, value_name = "N")]
+    lan_broadcast_pps: Option<u32>,
+    /// Kilobits a second of broadcast and multicast, likewise [default: 1000].
+    #[arg(long, value_name = "KBIT")]
+    lan_broadcast_kbit: Option<u32>,
     /// TOML config file; flags given on the command line win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -123,6 +135,9 @@ struct NodeConfig {
     #[serde(default)]
     stun: Vec<String>,
     keepalive_secs: Option<u16>,
+    lan_broadcast: Option<bool>,
+    lan_broadcast_pps: Option<u32>,
+    lan_broadcast_kbit: Option<u32>,
 }
 
 /// Where the node keeps its key, the pinned coordinator key and its control socket.
@@ -159,6 +174,23 @@ fn run(command: Command) -> anyhow::Result<()> {
             if !(1..=120).contains(&keepalive_secs) {
                 bail!("--keepalive must be between 1 and 120 seconds");
             }
+            let lan = LanConfig {
+                enabled: args.lan_broadcast.or(cfg.lan_broadcast).unwrap_or(true),
+                pps: args
+                    .lan_broadcast_pps
+                    .or(cfg.lan_broadcast_pps)
+                    .unwrap_or(lan::DEFAULT_PPS),
+                kbit: args
+                    .lan_broadcast_kbit
+                    .or(cfg.lan_broadcast_kbit)
+                    .unwrap_or(lan::DEFAULT_KBIT),
+            };
+            if !(1..=1000).contains(&lan.pps) {
+                bail!("--lan-broadcast-pps must be between 1 and 1000 packets a second");
+            }
+            if !(8..=1_000_000).contains(&lan.kbit) {
+                bail!("--lan-broadcast-kbit must be between 8 and 1000000 kilobits a second");
+            }
             let opts = daemon::UpOptions {
                 coordinator,
                 auth_key,
@@ -176,6 +208,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     args.stun
                 },
                 keepalive_secs,
+                lan,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -318,6 +351,16 @@ fn print_status(s: &api::Status) {
     if let Some(problem) = &s.problem {
         println!("warning: {problem}");
     }
+    let lan = &s.lan_broadcast;
+    let state = match (lan.enabled, lan.allowed_by_network) {
+        (true, true) => format!("on (limit {}/s, {} kbit/s)", lan.limit_pps, lan.limit_kbit),
+        (false, _) => "off (--lan-broadcast=false)".to_string(),
+        (true, false) => "off (switched off by the coordinator)".to_string(),
+    };
+    println!(
+        "lan broadcast: {state}; sent {}, received {}, dropped {}",
+        s.counters.broadcast_tx, s.counters.broadcast_rx, s.counters.broadcast_dropped
+    );
     let rows: Vec<Vec<String>> = s
         .peers
         .iter()

@@ -45,6 +45,7 @@ fn host_with_keepalive(i: u8, keepalive: u16) -> Host {
         stamp_floor: 0,
         wall_ns: 1_700_000_000_000_000_000,
         seed: i as u64,
+        lan: crate::lan::LanConfig::default(),
     };
     Host {
         mesh: Mesh::new(secret, config, Instant::now()),
@@ -531,3 +532,5 @@ fn pings_without_a_counter_get_a_few_pongs_only() {
         b.io.udp.len()
     );
 }
+
+mod lan;

@@ -7,6 +7,16 @@
 //! - rule 5260 lets the main table win with any route more specific than a default route, so an
 //!   underlay subnet inside the mesh range stays on its interface;
 //! - rule 5270 looks up table [`TABLE`], which holds only the mesh network via the TUN.
+//!
+//! With LAN traffic on (broadcast and multicast, see `crate::lan`), the interface looks like a
+//! LAN to programs that enumerate interfaces: the mesh IP carries the network's prefix and
+//! broadcast address (100.64.0.5/10 brd 100.127.255.255, without a prefix route: table
+//! [`TABLE`] does the routing), and table [`TABLE`] also routes 255.255.255.255 and
+//! 224.0.0.0/4 into the TUN. That catches what games send: a limited broadcast or a multicast
+//! from a socket bound to no interface, and a multicast join on the default interface. Sockets
+//! bound to an interface (DHCP clients, the physical LAN's services) never consult these
+//! routes, and the main table still wins with a 224.0.0.0/4 or 255.255.255.255 route of its
+//! own.
 
 use anyhow::{bail, Context};
 use ipnet::Ipv4Net;
@@ -44,14 +54,13 @@ fn ip(args: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the TUN interface `name` with `mesh_ip`/32.
-pub fn create_tun(name: &str, mesh_ip: Ipv4Addr) -> anyhow::Result<tun_rs::AsyncDevice> {
+/// Creates the TUN interface `name` (up, without an address: see [`set_address`]).
+pub fn create_tun(name: &str) -> anyhow::Result<tun_rs::AsyncDevice> {
     if !std::path::Path::new("/dev/net/tun").exists() {
         bail!("/dev/net/tun is missing: load the tun module (sudo modprobe tun)");
     }
     tun_rs::DeviceBuilder::new()
         .name(name)
-        .ipv4(mesh_ip, 32, None)
         .mtu(MTU)
         .build_async()
         .map_err(|e| match e.kind() {
@@ -65,13 +74,67 @@ pub fn create_tun(name: &str, mesh_ip: Ipv4Addr) -> anyhow::Result<tun_rs::Async
         })
 }
 
-/// Routes `network` into the interface, with the policy rules described above.
-pub fn install_routes(iface: &str, mesh_ip: Ipv4Addr, network: Ipv4Net) -> anyhow::Result<()> {
+/// How the mesh sits on the interface: its address and whether LAN traffic is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshPlacement {
+    pub mesh_ip: Ipv4Addr,
+    pub network: Ipv4Net,
+    pub lan: bool,
+}
+
+/// Where the broadcast and multicast routes point.
+const LAN_DESTINATIONS: [&str; 2] = ["255.255.255.255/32", "224.0.0.0/4"];
+
+/// The `ip addr` arguments for `p`: with LAN traffic, the network's prefix and broadcast
+/// address without a prefix route; without, a /32.
+pub fn address_args(p: &MeshPlacement) -> String {
+    if p.lan {
+        format!(
+            "{}/{} broadcast {} noprefixroute",
+            p.mesh_ip,
+            p.network.prefix_len(),
+            p.network.broadcast()
+        )
+    } else {
+        format!("{}/32", p.mesh_ip)
+    }
+}
+
+/// The routes of table [`TABLE`] for `p` (each an `ip route replace` argument list).
+pub fn route_args(iface: &str, p: &MeshPlacement) -> Vec<String> {
+    let mut routes = vec![format!(
+        "{} dev {iface} src {} table {TABLE}",
+        p.network, p.mesh_ip
+    )];
+    if p.lan {
+        for dst in LAN_DESTINATIONS {
+            routes.push(format!("{dst} dev {iface} src {} table {TABLE}", p.mesh_ip));
+        }
+    }
+    routes
+}
+
+/// Puts the mesh IP on the interface (replacing `old`, if it had one).
+pub fn set_address(
+    iface: &str,
+    old: Option<&MeshPlacement>,
+    new: &MeshPlacement,
+) -> anyhow::Result<()> {
+    if let Some(old) = old {
+        let _ = ip(&format!("addr del {} dev {iface}", address_args(old)));
+    }
+    ip(&format!("addr add {} dev {iface}", address_args(new)))
+        .context("cannot put the mesh IP on the interface")
+}
+
+/// Routes the mesh (and with LAN traffic, broadcast and multicast) into the interface, with
+/// the policy rules described above.
+pub fn install_routes(iface: &str, p: &MeshPlacement) -> anyhow::Result<()> {
     remove_rules();
-    ip(&format!(
-        "route replace {network} dev {iface} src {mesh_ip} table {TABLE}"
-    ))
-    .context("cannot route the mesh network into the interface")?;
+    for route in route_args(iface, p) {
+        ip(&format!("route replace {route}"))
+            .context("cannot route the mesh network into the interface")?;
+    }
     for (prio, rule) in RULES {
         ip(&format!("-4 rule add priority {prio} {rule}"))
             .context("cannot add the mesh routing rules")?;
@@ -79,16 +142,10 @@ pub fn install_routes(iface: &str, mesh_ip: Ipv4Addr, network: Ipv4Net) -> anyho
     Ok(())
 }
 
-/// Changes the interface's address (the coordinator handed out a different one).
-pub fn readdress(
-    iface: &str,
-    old: Ipv4Addr,
-    new: Ipv4Addr,
-    network: Ipv4Net,
-) -> anyhow::Result<()> {
-    ip(&format!("addr del {old}/32 dev {iface}"))?;
-    ip(&format!("addr add {new}/32 dev {iface}"))?;
-    install_routes(iface, new, network)
+/// Moves the interface from `old` to `new` (another mesh IP, or LAN traffic switched).
+pub fn replace(iface: &str, old: &MeshPlacement, new: &MeshPlacement) -> anyhow::Result<()> {
+    set_address(iface, Some(old), new)?;
+    install_routes(iface, new)
 }
 
 /// Removes our rules (also stale ones left by a crashed daemon). Routes go with the interface.
@@ -116,4 +173,42 @@ pub fn has_net_admin() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(lan: bool) -> MeshPlacement {
+        MeshPlacement {
+            mesh_ip: Ipv4Addr::new(100, 64, 0, 5),
+            network: "100.64.0.0/10".parse().unwrap(),
+            lan,
+        }
+    }
+
+    #[test]
+    fn with_lan_traffic_the_interface_looks_like_a_lan() {
+        assert_eq!(
+            address_args(&placement(true)),
+            "100.64.0.5/10 broadcast 100.127.255.255 noprefixroute"
+        );
+        assert_eq!(
+            route_args("lm0", &placement(true)),
+            [
+                "100.64.0.0/10 dev lm0 src 100.64.0.5 table 5252",
+                "255.255.255.255/32 dev lm0 src 100.64.0.5 table 5252",
+                "224.0.0.0/4 dev lm0 src 100.64.0.5 table 5252",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_lan_traffic_only_the_mesh_is_routed() {
+        assert_eq!(address_args(&placement(false)), "100.64.0.5/32");
+        assert_eq!(
+            route_args("lm0", &placement(false)),
+            ["100.64.0.0/10 dev lm0 src 100.64.0.5 table 5252"]
+        );
+    }
 }

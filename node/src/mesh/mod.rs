@@ -11,6 +11,7 @@
 //! `node ping`) or from it (a handshake, a probe, a coordinated punch). A mesh of thousands of
 //! nodes — or a flood of fake ones on an open coordinator — costs an idle node nothing.
 
+mod lan_traffic;
 mod peers;
 mod probing;
 mod relayed;
@@ -18,6 +19,7 @@ mod relayed;
 use probing::UserPing;
 pub use probing::{PingReply, Via};
 
+use crate::lan::{Lan, LanConfig, PeerGroups};
 use crate::paths::{CandidateKind, PathFinder};
 use crate::relays::{RelayClient, RelayInfo};
 use boringtun::noise::errors::WireGuardError;
@@ -108,6 +110,8 @@ struct Peer {
     no_direct_since: Option<Instant>,
     /// Which path was last reported (for "peer up/down" logs).
     reported: Path,
+    /// The multicast groups the peer reported, and what we told it of ours.
+    groups: PeerGroups,
 }
 
 impl Peer {
@@ -177,6 +181,8 @@ pub struct MeshConfig {
     pub wall_ns: u64,
     /// Seeds the nonces and transaction ids.
     pub seed: u64,
+    /// Broadcast and multicast between nodes.
+    pub lan: LanConfig,
 }
 
 pub struct Mesh {
@@ -210,6 +216,11 @@ pub struct Mesh {
     rng: StdRng,
     drops: LogLimit,
     epoch: Instant,
+    /// Broadcast and multicast: limits, counters, our groups.
+    lan: Lan,
+    /// Reused buffers: the peers a LAN packet goes to, the groups of a peer's report.
+    fanout: Vec<PublicKey>,
+    report_groups: Vec<Ipv4Addr>,
 }
 
 impl Mesh {
@@ -248,6 +259,9 @@ impl Mesh {
             rng,
             drops: LogLimit::new(5),
             epoch: now,
+            lan: Lan::new(config.lan, now),
+            fanout: Vec::new(),
+            report_groups: Vec::new(),
         }
     }
 
@@ -325,23 +339,46 @@ impl Mesh {
         let Some(dst) = ipv4_destination(packet) else {
             return; // IPv6 and junk: no IPv6 mesh addresses yet.
         };
+        if let Some(lan_dst) = self.lan.classify(dst) {
+            return self.fan_out(now, lan_dst, packet, scratch, io);
+        }
         let slot = match self.by_ip.get(&dst) {
             Some(&slot) => slot,
             None => match self.known_by_ip.get(&dst).copied() {
-                // The first packet for an idle peer: build its tunnel and have both sides
-                // punch at once.
-                Some(key) => match self.ensure(now, &key) {
-                    Some(slot) => {
-                        let peer = self.slots[slot].as_mut().expect("just made");
-                        peer.paths.want_coordinated_punch(now);
-                        slot
-                    }
+                Some(key) => match self.tunnel_for_traffic(now, &key) {
+                    Some(slot) => slot,
                     None => return,
                 },
                 None => return self.dropped(now, format_args!("no peer has mesh IP {dst}")),
             },
         };
-        let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
+        self.seal_and_send(now, slot, packet, scratch, io);
+    }
+
+    /// The peer's tunnel, for a packet to it. The first packet for an idle peer builds its
+    /// tunnel and has both sides punch at once.
+    fn tunnel_for_traffic(&mut self, now: Instant, key: &PublicKey) -> Option<usize> {
+        if let Some(&slot) = self.by_key.get(key) {
+            return Some(slot);
+        }
+        let slot = self.ensure(now, key)?;
+        let peer = self.slots[slot].as_mut().expect("just made");
+        peer.paths.want_coordinated_punch(now);
+        Some(slot)
+    }
+
+    /// Seals `packet` for the peer in `slot` and sends it on the peer's path.
+    fn seal_and_send(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        packet: &[u8],
+        scratch: &mut [u8],
+        io: &mut impl Io,
+    ) {
+        let Some(peer) = self.slots[slot].as_mut() else {
+            return;
+        };
         peer.paths.on_data_tx(now);
         trace!(peer = %peer.info.name, len = packet.len(), relayed = peer.relayed, "packet from the TUN");
         match peer.tunn.encapsulate(packet, &mut scratch[SEND_HEADER..]) {
@@ -408,7 +445,18 @@ impl Mesh {
             }
             TunnResult::WriteToTunnelV4(inner, inner_src) => {
                 if inner_src == peer.info.mesh_ip {
-                    io.write_tun(inner);
+                    match ipv4_destination(inner).and_then(|d| self.lan.classify(d)) {
+                        None => io.write_tun(inner),
+                        Some(lan_dst) => lan_traffic::receive(
+                            &mut self.lan,
+                            &mut self.report_groups,
+                            peer,
+                            now,
+                            lan_dst,
+                            inner,
+                            io,
+                        ),
+                    }
                 } else if self.drops.allow((now - self.epoch).as_millis() as u64) {
                     debug!(peer = %peer.info.name, %inner_src, "dropped inner packet with a spoofed source");
                 }
@@ -452,6 +500,7 @@ impl Mesh {
     /// Drives WireGuard's timers (call every ~250 ms) and reports peers coming up or down.
     pub fn tick(&mut self, now: Instant, scratch: &mut [u8], io: &mut impl Io) {
         self.rate_limiter.reset_count();
+        self.announce_groups(now, scratch, io);
         for peer in self.slots.iter_mut().flatten() {
             if let Some(n) = written(peer.tunn.update_timers(&mut scratch[SEND_HEADER..])) {
                 transmit(peer, &mut self.relays, scratch, n, io);
@@ -539,6 +588,16 @@ fn kind_name(kind: CandidateKind) -> &'static str {
         CandidateKind::Public => "public",
         CandidateKind::PeerReflexive => "peer-reflexive",
     }
+}
+
+/// The source of an IPv4 packet, if it is one.
+pub fn ipv4_source(packet: &[u8]) -> Option<Ipv4Addr> {
+    if packet.len() < 20 || packet[0] >> 4 != 4 {
+        return None;
+    }
+    Some(Ipv4Addr::new(
+        packet[12], packet[13], packet[14], packet[15],
+    ))
 }
 
 /// The destination of an IPv4 packet, if it is one.

@@ -2,6 +2,7 @@
 //! tunnel when there is traffic for it.
 
 use super::{Mesh, Path, Peer};
+use crate::lan::PeerGroups;
 use crate::paths::PathFinder;
 use boringtun::noise::Tunn;
 use ipnet::Ipv4Net;
@@ -28,6 +29,7 @@ impl Mesh {
     /// checked against them.
     pub fn set_identity(&mut self, mesh_ip: Ipv4Addr, network: Ipv4Net) {
         self.identity = Some((mesh_ip, network));
+        self.lan.set_network(network);
     }
 
     fn network(&self) -> Ipv4Net {
@@ -209,6 +211,7 @@ impl Mesh {
             relayed: false,
             no_direct_since: Some(now),
             reported: Path::Connecting,
+            groups: PeerGroups::default(),
         });
         Some(slot)
     }
