@@ -68,6 +68,7 @@ cleanup() {
         # Anything else still running inside our namespaces goes too.
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
         ip netns del "$ns" 2>/dev/null
+        rm -rf "/etc/netns/$ns"
     done
     if [ $status -ne 0 ]; then
         for log in "$WORK"/*.log; do
@@ -91,6 +92,10 @@ add_ns() {                                   # add_ns NAME: a namespace with lo 
     ip netns add "$1"
     NAMESPACES+=("$1")
     ip -n "$1" link set lo up
+    # Its own /etc/hosts (`ip netns exec` mounts it over the machine's): nodes write peer
+    # names there, never into this machine's /etc/hosts.
+    mkdir -p "/etc/netns/$1"
+    printf '127.0.0.1 localhost\n::1 localhost\n' >"/etc/netns/$1/hosts"
 }
 
 PORT=0
@@ -188,7 +193,18 @@ for from in "${NODES[@]}"; do
     done
 done
 
-# --- 7. What a node sees --------------------------------------------------------------------
+# --- 7. Peer names --------------------------------------------------------------------------
+say "peer names (node a): ping b.mesh, getent hosts c.mesh"
+wait_for 10 "b.mesh to resolve on a" run_in a getent hosts b.mesh || failed=1
+if run_in a ping -n -q -c 1 -W 2 b.mesh >/dev/null 2>&1; then
+    echo "  a -> b.mesh: ok"
+else
+    echo "  a -> b.mesh: FAILED"
+    failed=1
+fi
+run_in a getent hosts c.mesh | sed 's/^/  /' || failed=1
+
+# --- 8. What a node sees --------------------------------------------------------------------
 say "node status (node a)"
 run_in a "$NODE" status --state-dir "$WORK/node-a" || true
 say "node status --json (node a)"

@@ -196,7 +196,7 @@ start_node() {                               # start_node NAME KEY [--auth-key K
     shift 2
     key_dir "$WORK/node-$n" node "$key"
     ip netns exec "$ID-$n" "$BIN/node" up --coordinator "$COORDINATOR_ADDR" --name "$n" \
-        --state-dir "$WORK/node-$n" --port 41641 "$@" >"$WORK/node-$n.log" 2>&1 &
+        --state-dir "$WORK/node-$n" --port 41641 --dns off "$@" >"$WORK/node-$n.log" 2>&1 &
     NODE_PID[$n]=$!
     PIDS+=($!)
 }

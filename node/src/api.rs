@@ -86,6 +86,9 @@ pub struct Status {
     /// The DNS domain of peer names (null before registering).
     #[serde(default)]
     pub domain: Option<String>,
+    /// What serves peer names on this machine: "/etc/hosts", "systemd-resolved" or "off".
+    #[serde(default)]
+    pub names: String,
     /// Broadcast and multicast between nodes.
     #[serde(default)]
     pub lan_broadcast: LanBroadcastStatus,
@@ -116,6 +119,10 @@ pub struct RelayStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub name: String,
+    /// The name the peer resolves as on this machine (`alice.mesh`); null when names are off
+    /// or its name is no DNS label.
+    #[serde(default)]
+    pub dns_name: Option<String>,
     pub mesh_ip: String,
     pub public_key: String,
     pub online: bool,

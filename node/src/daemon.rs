@@ -8,6 +8,8 @@ use crate::api::{
 use crate::demux::{route, Route};
 use crate::lan::{igmp, LanConfig};
 use crate::mesh::{Io, Mesh, MeshConfig, Via, SCRATCH_LEN};
+use crate::name_service::NameService;
+use crate::names::{Backend, NameTable};
 use crate::netconf::{self, MeshPlacement};
 use crate::relays::RelayInfo;
 use crate::stun_client::StunClient;
@@ -39,6 +41,8 @@ pub struct UpOptions {
     pub keepalive_secs: u16,
     /// Broadcast and multicast between nodes (`--lan-broadcast`, limits).
     pub lan: LanConfig,
+    /// How peer names get onto this machine (`--dns`).
+    pub dns: Backend,
 }
 
 /// Interface endpoints are re-read this often (addresses change when networks do).
@@ -73,6 +77,17 @@ struct Identity {
     placement: MeshPlacement,
     /// The DNS domain of peer names.
     domain: String,
+}
+
+/// Every name of the mesh (this node's too) and its mesh IP.
+fn name_table(identity: &Option<Identity>, mesh: &Mesh) -> NameTable {
+    let Some(me) = identity else {
+        return NameTable::default();
+    };
+    let peers = mesh.peers(Instant::now());
+    let entries = std::iter::once((me.name.as_str(), me.placement.mesh_ip))
+        .chain(peers.iter().map(|p| (p.info.name.as_str(), p.info.mesh_ip)));
+    NameTable::new(&me.domain, entries)
 }
 
 /// The groups programs joined on the mesh interface.
@@ -208,6 +223,8 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let mut netchecks: Vec<(oneshot::Sender<Response>, Instant)> = Vec::new();
     let mut identity: Option<Identity> = None;
     let mut tun: Option<tun_rs::AsyncDevice> = None;
+    let mut names = NameService::start(opts.dns, &opts.interface);
+    let mut dns_buf = vec![0u8; 1500];
 
     let mut rx_buf = vec![0u8; SCRATCH_LEN];
     let mut tun_buf = vec![0u8; SCRATCH_LEN];
@@ -287,11 +304,13 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                             }
                         }
                     }
+                    names.attach(mesh_ip, &domain).await;
                     identity = Some(Identity {
                         name,
                         placement,
                         domain,
                     });
+                    names.update(name_table(&identity, &mesh));
                 }
                 Event::PeerMap(map) => {
                     let (relays, peers): (Vec<_>, Vec<_>) =
@@ -314,6 +333,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     servers.extend(mesh.relay_addrs());
                     stun.set_servers(servers);
                     mesh.apply_peer_map(Instant::now(), peers);
+                    names.update(name_table(&identity, &mesh));
                 }
                 Event::Punch { peer, candidates } => {
                     mesh.punch(Instant::now(), &peer, &candidates, &mut scratch, &mut io)
@@ -434,7 +454,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             Some((request, reply)) = api_rx.recv() => match request {
                 Request::Status => {
                     let varies = stun.mapping_varies(control.public_endpoint());
-                    let _ = reply.send(Response::Status(status(&identity, &public, &control, &mesh, varies)));
+                    let _ = reply.send(Response::Status(status(&identity, &public, &control, &mesh, &names, varies)));
                 }
                 Request::Down => {
                     drop(reply); // Already answered by the API task.
@@ -455,10 +475,16 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     netchecks.push((reply, now + NETCHECK_WAIT));
                 }
             },
+            r = names.recv(&mut dns_buf) => {
+                if let Ok((n, src)) = r {
+                    names.answer(src, &dns_buf[..n]);
+                }
+            }
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
         }
     };
+    names.stop();
     control.shutdown();
     while let Some(t) = control.poll_transmit() {
         let _ = udp.send_to(&t.payload, t.dst).await;
@@ -573,8 +599,10 @@ fn status(
     public: &PublicKey,
     control: &ControlClient,
     mesh: &Mesh,
+    names: &NameService,
     mapping_varies: Option<bool>,
 ) -> Status {
+    let table = names.table();
     Status {
         name: identity
             .as_ref()
@@ -585,6 +613,7 @@ fn status(
             .map(|i| i.placement.mesh_ip.to_string())
             .unwrap_or_default(),
         domain: identity.as_ref().map(|i| i.domain.clone()),
+        names: names.describe().to_string(),
         lan_broadcast: LanBroadcastStatus {
             enabled: mesh.lan_config().enabled,
             allowed_by_network: mesh.lan_allowed(),
@@ -604,6 +633,9 @@ fn status(
             .peers(Instant::now())
             .into_iter()
             .map(|p| PeerStatus {
+                dns_name: (names.describe() != "off"
+                    && table.lookup(&table.fqdn(&p.info.name)) == Some(Some(p.info.mesh_ip)))
+                .then(|| table.fqdn(&p.info.name)),
                 name: p.info.name,
                 mesh_ip: p.info.mesh_ip.to_string(),
                 public_key: p.info.public_key.to_string(),

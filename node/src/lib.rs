@@ -7,6 +7,8 @@ pub mod daemon;
 pub mod demux;
 pub mod lan;
 pub mod mesh;
+pub mod name_service;
+pub mod names;
 pub mod netconf;
 pub mod paths;
 pub mod relays;

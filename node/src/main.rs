@@ -1,6 +1,7 @@
 //! `node`: joins this machine to a lanmesh network.
 
 use lanmesh_node::lan::{self, LanConfig};
+use lanmesh_node::names::Backend;
 use lanmesh_node::{api, daemon, mesh};
 
 use anyhow::{bail, Context};
@@ -117,6 +118,11 @@ struct UpArgs {
     /// Kilobits a second of broadcast and multicast, likewise [default: 1000].
     #[arg(long, value_name = "KBIT")]
     lan_broadcast_kbit: Option<u32>,
+    /// How peer names (`alice.mesh`) get onto this machine: `resolved` (split DNS through
+    /// systemd-resolved, answered by the node), `hosts` (a block in /etc/hosts), `auto`
+    /// (resolved when it runs, else hosts) or `off` [default: auto].
+    #[arg(long, value_name = "HOW")]
+    dns: Option<Backend>,
     /// TOML config file; flags given on the command line win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -138,6 +144,7 @@ struct NodeConfig {
     lan_broadcast: Option<bool>,
     lan_broadcast_pps: Option<u32>,
     lan_broadcast_kbit: Option<u32>,
+    dns: Option<String>,
 }
 
 /// Where the node keeps its key, the pinned coordinator key and its control socket.
@@ -209,6 +216,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 },
                 keepalive_secs,
                 lan,
+                dns: match (args.dns, cfg.dns) {
+                    (Some(d), _) => d,
+                    (None, Some(d)) => d.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                    (None, None) => Backend::Auto,
+                },
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -351,16 +363,6 @@ fn print_status(s: &api::Status) {
     if let Some(problem) = &s.problem {
         println!("warning: {problem}");
     }
-    let lan = &s.lan_broadcast;
-    let state = match (lan.enabled, lan.allowed_by_network) {
-        (true, true) => format!("on (limit {}/s, {} kbit/s)", lan.limit_pps, lan.limit_kbit),
-        (false, _) => "off (--lan-broadcast=false)".to_string(),
-        (true, false) => "off (switched off by the coordinator)".to_string(),
-    };
-    println!(
-        "lan broadcast: {state}; sent {}, received {}, dropped {}",
-        s.counters.broadcast_tx, s.counters.broadcast_rx, s.counters.broadcast_dropped
-    );
     let rows: Vec<Vec<String>> = s
         .peers
         .iter()
@@ -384,6 +386,22 @@ fn print_status(s: &api::Status) {
         .collect();
     let header = ["PEER", "MESH IP", "ONLINE", "PATH", "HANDSHAKE", "RX", "TX"];
     lanmesh_common::print_table(&header, &rows, 5);
+    let lan = &s.lan_broadcast;
+    let state = match (lan.enabled, lan.allowed_by_network) {
+        (true, true) => format!("on (limit {}/s, {} kbit/s)", lan.limit_pps, lan.limit_kbit),
+        (false, _) => "off (--lan-broadcast=false)".to_string(),
+        (true, false) => "off (switched off by the coordinator)".to_string(),
+    };
+    println!(
+        "lan broadcast: {state}; sent {}, received {}, dropped {}",
+        s.counters.broadcast_tx, s.counters.broadcast_rx, s.counters.broadcast_dropped
+    );
+    if let Some(domain) = &s.domain {
+        match s.names.as_str() {
+            "off" | "" => println!("names: off (--dns off)"),
+            how => println!("names: *.{domain} through {how}"),
+        }
+    }
 }
 
 fn human_bytes(n: u64) -> String {

@@ -877,6 +877,7 @@ impl Lab {
         }
         must("ip", ["netns", "add", &ns]);
         must("ip", ["-n", &ns, "link", "set", "lo", "up"]);
+        give_own_etc_files(&ns);
         ns
     }
 
@@ -1539,6 +1540,7 @@ impl Drop for Lab {
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
                 .status();
+            remove_own_etc_files(ns);
         }
 
         let keep = std::env::var_os("LANMESH_KEEP_LAB").is_some_and(|v| !v.is_empty() && v != "0");
@@ -1592,6 +1594,39 @@ fn short_name(s: &str, max: usize) -> String {
     }
 }
 
+/// Files that `ip netns exec <ns>` mounts over their namesakes in /etc for what runs in the
+/// namespace: every lab namespace gets its own /etc/hosts (nodes write peer names there, and
+/// must never touch the machine's) and an /etc/resolv.conf without systemd-resolved.
+const NETNS_ETC: &str = "/etc/netns";
+
+fn give_own_etc_files(ns: &str) {
+    let dir = Path::new(NETNS_ETC).join(ns);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let files = [
+        (
+            "hosts",
+            "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+        ),
+        (
+            "resolv.conf",
+            "# lanmesh lab namespace: no DNS server\nnameserver 192.0.2.53\n",
+        ),
+    ];
+    for (name, text) in files {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+}
+
+fn remove_own_etc_files(ns: &str) {
+    let _ = fs::remove_dir_all(Path::new(NETNS_ETC).join(ns));
+}
+
+/// The hosts file of lab namespace `ns` (what /etc/hosts is inside it).
+pub fn hosts_file(ns: &str) -> PathBuf {
+    Path::new(NETNS_ETC).join(ns).join("hosts")
+}
+
 /// Once per process: deletes namespaces left behind by labs of test processes that no longer
 /// exist (killed before their Drop ran), and the processes still inside them.
 fn cleanup_stale_labs() {
@@ -1609,6 +1644,7 @@ fn cleanup_stale_labs() {
                     eprintln!("removing stale lab namespace {name}");
                     kill_pids_in_namespace(name);
                     let _ = Command::new("ip").args(["netns", "del", name]).status();
+                    remove_own_etc_files(name);
                 }
             }
         }
