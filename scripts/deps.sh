@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools lanmesh's tests and demo use, if any are missing:
 #   ip (iproute2), nft (nftables), ping (iputils-ping), conntrack (conntrack),
-#   tcpdump (the adversary tests capture and replay real packets), python3 (locks a database).
+#   tcpdump (the adversary tests capture and replay real packets), python3 (locks a database),
+#   DDNet-Server and quakestat (ddnet-server, qstat: a real game found by a LAN broadcast).
 # Idempotent: does nothing when they are all there. Installs with apt-get only when
 # running as root on a system that has it; otherwise prints what to install.
 #   bash scripts/deps.sh           install what is missing (when root), else explain
@@ -11,7 +12,8 @@ set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
-for tool in ip nft ping conntrack tcpdump python3; do
+export PATH="$PATH:/usr/games"
+for tool in ip nft ping conntrack tcpdump python3 DDNet-Server quakestat; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 
@@ -19,7 +21,7 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
-packages="iproute2 nftables iputils-ping conntrack tcpdump python3"
+packages="iproute2 nftables iputils-ping conntrack tcpdump python3 ddnet-server qstat"
 echo "deps: missing tools: ${missing[*]}"
 if [ "${1:-}" = "--check" ]; then
     exit 1

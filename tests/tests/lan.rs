@@ -15,6 +15,8 @@
 //!   no interface) and to the mesh broadcast address; servers on the two other nodes, bound to
 //!   0.0.0.0, answer by unicast; the browser gets both answers, including over the relayed
 //!   pair;
+//! - a real game server (DDNet, `ddnet-server`) on c is found from a and b by `quakestat
+//!   -tees +255.255.255.255:8303`, a LAN broadcast query;
 //! - nothing broadcast into the mesh reaches a's physical LAN (lanbox hears nothing), and a
 //!   broadcast on that LAN does not enter the mesh;
 //! - a Minecraft-style announcement (224.0.2.60:4445) from a reaches listeners that joined with
@@ -35,6 +37,8 @@ const COORD_IP: &str = "203.0.113.10";
 const RELAY_IP: &str = "203.0.113.30";
 const GAME_PORT: &str = "27960";
 const MINECRAFT: &str = "224.0.2.60:4445";
+const DDNET: &str = "/usr/games/DDNet-Server";
+const DDNET_PORT: u16 = 8303;
 const MESH_BROADCAST: &str = "100.127.255.255";
 /// How long discovery may take (tunnels to idle peers are built by the first query).
 const DISCOVERY_MS: &str = "8000";
@@ -188,6 +192,42 @@ fn lan_party() {
             }
         }
     }
+    // 1b. A real game: DDNet's server on c is found from a (direct) and from b (through the
+    //     relay) by qstat's LAN broadcast query, never by its address.
+    let home = lab.subdir("ddnet");
+    let ddnet = lab.spawn(
+        &p.nodes[2].host.ns,
+        "sh",
+        [
+            "-c",
+            &format!(
+                "cd {0} && exec env HOME={0} {DDNET} 'sv_port {DDNET_PORT}; sv_name lanmesh-party; sv_register 0'",
+                home.display()
+            ),
+        ],
+        "ddnet-c",
+    );
+    wait_until(MESH_TIMEOUT, "DDNet's server listening on c", || {
+        lab.listening(&p.nodes[2].host.ns, DDNET_PORT)
+    });
+    let c_ip = p.statuses[2].mesh_ip.clone();
+    for n in &p.nodes[..2] {
+        let query = format!("+255.255.255.255:{DDNET_PORT}");
+        let mut last = String::new();
+        let found = wait_for(
+            MESH_TIMEOUT,
+            &format!("{} finds DDNet by broadcast", n.name),
+            || {
+                let out = lab.exec(&n.host.ns, "quakestat", ["-tees", &query]);
+                last = stdout(&out);
+                (last.contains("lanmesh-party") && last.contains(&format!("{c_ip}:{DDNET_PORT}")))
+                    .then(|| last.clone())
+            },
+        );
+        eprintln!("{}: quakestat -tees {query}:\n{found}", n.name);
+    }
+    lab.kill(&ddnet);
+
     let b_view = p.nodes[1].wait_peer(&lab, "c", MESH_TIMEOUT, "c relayed", |x| x.path == "relay");
     assert_eq!(
         b_view.peer("c").unwrap().path,
