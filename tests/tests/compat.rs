@@ -8,10 +8,14 @@
 //!   coordinator 203.0.113.10:3478     node a 203.0.113.11     node b 203.0.113.12
 //! ```
 //!
+//! The newer node also carries LAN traffic to the older one (its broadcast query finds a game
+//! server there), and on an older coordinator, which names no domain and switches nothing,
+//! it uses the defaults (names under `mesh`, broadcast on).
+//!
 //! Needs root; skips without it (fails under `CI`).
 
 use lanmesh_e2e::mesh::{Coordinator, Node, MESH_TIMEOUT};
-use lanmesh_e2e::{require_root, workspace_root, Lab};
+use lanmesh_e2e::{require_root, wait_until, workspace_root, Lab};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -94,6 +98,44 @@ fn an_older_node_and_a_newer_one_on_a_newer_coordinator() {
     a.wait_status(&lab, MESH_TIMEOUT, "still connected", |s| {
         s.raw["coordinator_connected"] == serde_json::Value::Bool(true)
     });
+    // LAN traffic: the newer node's broadcast query reaches a game server on the older node
+    // (which writes what its peer sent into its TUN; the kernel delivers a limited
+    // broadcast), and the answer comes back by unicast. The group reports the newer node
+    // sends the older one are ignored there.
+    let server = lab.spawn(
+        &a.host.ns,
+        game(),
+        ["server", "--port", "27960", "--name", "old-a"],
+        "server-a",
+    );
+    wait_until(MESH_TIMEOUT, "a's game server listening", || {
+        lab.listening(&a.host.ns, 27960)
+    });
+    let out = lab.exec(
+        &b.host.ns,
+        game(),
+        [
+            "browse",
+            "--port",
+            "27960",
+            "--to",
+            "255.255.255.255",
+            "--expect",
+            "1",
+            "--wait-ms",
+            "8000",
+        ],
+    );
+    assert!(
+        lanmesh_e2e::stdout(&out).contains("answer old-a"),
+        "the newer node's broadcast did not find the older node's server: {}",
+        lanmesh_e2e::stdout(&out)
+    );
+    lab.kill(&server);
+}
+
+fn game() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lanmesh-lan-game"))
 }
 
 #[test]
@@ -117,4 +159,12 @@ fn a_newer_node_and_an_older_one_on_an_older_coordinator() {
         serde_json::Value::Bool(true)
     );
     assert!(s.raw["problem"].is_null(), "{}", s.raw);
+    // An older coordinator names no domain and switches nothing off: the defaults hold.
+    assert_eq!(s.raw["domain"], "mesh", "{}", s.raw);
+    assert_eq!(s.raw["lan_broadcast"]["active"], true, "{}", s.raw);
+    let sb = b.status(&lab).expect("status of the older node");
+    wait_until(MESH_TIMEOUT, "the newer node resolves b.mesh", || {
+        let out = lab.exec(&a.host.ns, "getent", ["hosts", "b.mesh"]);
+        lanmesh_e2e::stdout(&out).starts_with(&format!("{} ", sb.mesh_ip))
+    });
 }
