@@ -57,7 +57,7 @@
 
 use lanmesh_e2e::attack::{self, Flood, Hook, Payload, Sent};
 use lanmesh_e2e::mesh::{Coordinator, Node, MESH_TIMEOUT};
-use lanmesh_e2e::{require_root, stdout, Host, Lab, Proc};
+use lanmesh_e2e::{clock_ticks, cpu_ticks, require_root, stdout, Host, Lab, Proc};
 use lanmesh_proto::header::{write_header, ControlKind, HEADER_LEN};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -792,32 +792,6 @@ fn first_reply_stamp(log: &str) -> Option<f64> {
 // ---------------------------------------------------------------------------------------
 // /proc
 // ---------------------------------------------------------------------------------------
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
-/// utime + stime of the whole process (all threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after "(comm)": state is field 3, utime 14, stime 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| {
-        f.get(n - 3)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(14) + field(15)
-}
 
 /// CPU counters at one moment: the coordinator's (all threads) and the machine's.
 struct Cpu {
