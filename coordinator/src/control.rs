@@ -658,13 +658,38 @@ impl ControlServer {
             self.saved_seen_ms.remove(&key);
         }
         for record in stored {
-            if self.registry.get(&record.public_key).is_none()
-                && !self.admissions.contains_key(&record.public_key)
-            {
-                self.registry.insert(record);
+            let key = record.public_key;
+            match self.registry.get(&key).map(|r| r.name.clone()) {
+                None if !self.admissions.contains_key(&key) => self.registry.insert(record),
+                Some(old) if old != record.name => {
+                    if self.registry.rename(&key, &record.name) {
+                        info!(%old, new = %record.name, "node renamed by admin");
+                        self.tell_renamed(&key, &record.name);
+                    }
+                }
+                _ => {}
             }
         }
         self.handle_timeout(now_ms);
+    }
+
+    /// Tells a renamed node its new name, if it is connected and understands.
+    fn tell_renamed(&mut self, key: &PublicKey, name: &str) {
+        let Some(&idx) = self.session_of.get(key) else {
+            return;
+        };
+        if self
+            .sessions
+            .get(&idx)
+            .is_some_and(|n| n.caps & caps::RENAME != 0)
+        {
+            self.push(
+                idx,
+                &ToNode::Renamed {
+                    name: name.to_string(),
+                },
+            );
+        }
     }
 
     fn ticket(&mut self) -> u64 {

@@ -1,7 +1,8 @@
 //! `coordinator`: registers lanmesh nodes, hands out mesh IPs and tells every node about its
 //! peers.
 
-use lanmesh_coordinator::{data_dir, serve, store, DataDirArg};
+use lanmesh_coordinator::store::RenameOutcome;
+use lanmesh_coordinator::{data_dir, registry, serve, store, DataDirArg};
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
@@ -79,6 +80,15 @@ enum NodesCommand {
         /// Nodes silent for longer than this many seconds show as offline.
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         offline_after: u64,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Rename a node: its peers know it (and resolve it) by the new name within a second.
+    Rename {
+        /// The node's current name, as `nodes list` shows it.
+        name: String,
+        /// The new name: lowercase letters, digits and inner hyphens, at most 63.
+        new_name: String,
         #[command(flatten)]
         dir: DataDirArg,
     },
@@ -230,6 +240,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .collect();
             let header = ["NAME", "ROLE", "MESH IP", "ONLINE", "LAST SEEN", "ENDPOINT"];
             lanmesh_common::print_table(&header, &rows, usize::MAX);
+            Ok(())
+        }
+        Command::Nodes(NodesCommand::Rename {
+            name,
+            new_name,
+            dir,
+        }) => {
+            if registry::sanitize_name(&new_name) != new_name {
+                bail!(
+                    "{new_name:?} cannot be a node name: use lowercase letters, digits and inner \
+                     hyphens, at most 63 (e.g. {:?})",
+                    registry::sanitize_name(&new_name)
+                );
+            }
+            let dd = data_dir::DataDir::open_admin(dir.data_dir.as_deref(), data_dir::Create::No)?;
+            match dd.store.rename_node(&name, &new_name)? {
+                RenameOutcome::Renamed => println!("renamed node {name} to {new_name}"),
+                RenameOutcome::NotFound => {
+                    bail!("no node named {name:?}: see `coordinator nodes list`")
+                }
+                RenameOutcome::Taken => {
+                    bail!("another node is called {new_name:?}: pick another name, or rename or remove that one first")
+                }
+            }
             Ok(())
         }
         Command::Nodes(NodesCommand::Remove { name, dir }) => {

@@ -240,6 +240,27 @@ impl Registry {
         None
     }
 
+    /// Gives the node `key` the name `name` (an admin's rename); peers see it at once.
+    /// Returns false if there is no such node or another one has the name.
+    pub fn rename(&mut self, key: &PublicKey, name: &str) -> bool {
+        let Some(old) = self.nodes.get(key).map(|e| e.record.name.clone()) else {
+            return false;
+        };
+        if old == name {
+            return true;
+        }
+        if self.name_taken(name) {
+            return false;
+        }
+        self.names.remove(&old);
+        self.names.insert(name.to_string());
+        if let Some(e) = self.nodes.get_mut(key) {
+            e.record.name = name.to_string();
+        }
+        self.bump(key);
+        true
+    }
+
     fn name_taken(&self, name: &str) -> bool {
         self.names.contains(name) || self.reserved_names.contains(name)
     }
@@ -650,6 +671,20 @@ mod tests {
                 return out;
             }
         }
+    }
+
+    #[test]
+    fn a_rename_shows_at_once_and_frees_the_old_name() {
+        let mut r = registry();
+        add(&mut r, 1, "a");
+        add(&mut r, 2, "b");
+        let v = r.map_version();
+        assert!(!r.rename(&key(1), "b"), "taken");
+        assert!(r.rename(&key(1), "alice"));
+        assert!(r.map_version() > v, "peers see it");
+        assert!(all_pages(&r, &key(2)).iter().any(|p| p.name == "alice"));
+        assert_eq!(add(&mut r, 3, "a").name, "a", "the old name is free again");
+        assert!(!r.rename(&key(9), "zed"), "no such node");
     }
 
     #[test]

@@ -55,6 +55,15 @@ pub struct KeyKind {
     pub relay: bool,
 }
 
+/// What [`SqliteStore::rename_node`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenameOutcome {
+    Renamed,
+    NotFound,
+    /// Another node has that name.
+    Taken,
+}
+
 pub struct SqliteStore {
     conn: Connection,
     data_version: i64,
@@ -282,6 +291,30 @@ impl SqliteStore {
         Ok(n)
     }
 
+    /// Renames the node called `old` to `new`.
+    pub fn rename_node(&self, old: &str, new: &str) -> Result<RenameOutcome, StoreError> {
+        let taken: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1)",
+                [new],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if taken && old != new {
+            return Ok(RenameOutcome::Taken);
+        }
+        let n = self
+            .conn
+            .execute("UPDATE nodes SET name = ?2 WHERE name = ?1", [old, new])
+            .map_err(err)?;
+        Ok(if n > 0 {
+            RenameOutcome::Renamed
+        } else {
+            RenameOutcome::NotFound
+        })
+    }
+
     /// Removes the node called `name`; returns whether there was one.
     pub fn remove_node(&self, name: &str) -> Result<bool, StoreError> {
         self.conn
@@ -458,6 +491,31 @@ mod tests {
         };
         store.add_key(&s, kind, expires_ms, 0).unwrap();
         s
+    }
+
+    #[test]
+    fn nodes_are_renamed_to_free_names_only() {
+        let mut s = SqliteStore::in_memory();
+        let k = key(&s, true, None);
+        s.add_node(&record(1), Some(&k), 10).unwrap();
+        s.add_node(&record(2), Some(&k), 10).unwrap();
+        assert_eq!(s.rename_node("n1", "n2").unwrap(), RenameOutcome::Taken);
+        assert_eq!(s.rename_node("n9", "x").unwrap(), RenameOutcome::NotFound);
+        assert_eq!(
+            s.rename_node("n1", "alice").unwrap(),
+            RenameOutcome::Renamed
+        );
+        assert_eq!(
+            s.rename_node("alice", "alice").unwrap(),
+            RenameOutcome::Renamed
+        );
+        let names: Vec<String> = s
+            .load_nodes()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert!(names.contains(&"alice".to_string()) && !names.contains(&"n1".to_string()));
     }
 
     #[test]

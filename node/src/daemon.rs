@@ -351,6 +351,13 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     "lost contact with coordinator {coordinator}; reconnecting (existing tunnels keep working)"
                 ),
                 Event::Warning(message) => warn!("{message}"),
+                Event::Renamed { name } => {
+                    if let Some(me) = identity.as_mut() {
+                        info!(old = %me.name, new = %name, "an admin renamed this node");
+                        me.name = name;
+                    }
+                    names.update(name_table(&identity, &mesh));
+                }
                 // The coordinator refused the join key the user gave, and this node was never
                 // admitted: only the user can fix that. Anything else is tried again later
                 // (tunnels keep working meanwhile).

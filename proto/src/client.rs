@@ -95,6 +95,8 @@ pub enum Event {
         ever_registered: bool,
         retry_in: Duration,
     },
+    /// An admin renamed this node.
+    Renamed { name: String },
     /// An admin removed this node (an authenticated message). The peer map is now empty; the
     /// client tries to register again after `retry_in`.
     Removed { retry_in: Duration },
@@ -744,6 +746,7 @@ impl ControlClient {
                 reset,
                 changes,
             } => self.handle_page(now, map_version, Some(since), offset, total, reset, changes),
+            ToNode::Renamed { name } => self.events.push_back(Event::Renamed { name }),
             ToNode::Removed => {
                 let retry_in = self.rejected_retry;
                 self.problem = Some(

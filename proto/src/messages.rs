@@ -62,8 +62,10 @@ pub mod caps {
     /// Address validation: the coordinator puts a challenge in a heartbeat ack sent to an
     /// address it has not validated; the node echoes it in its next heartbeat from there.
     pub const ADDRESS_CHALLENGE: u64 = 2;
+    /// Takes [`super::ToNode::Renamed`]: an admin renamed the node.
+    pub const RENAME: u64 = 4;
     /// Everything this build speaks.
-    pub const ALL: u64 = MAP_DELTAS | ADDRESS_CHALLENGE;
+    pub const ALL: u64 = MAP_DELTAS | ADDRESS_CHALLENGE | RENAME;
 }
 
 /// Network-wide switches the coordinator sets for every node, in [`Welcome::Accepted`].
@@ -249,6 +251,9 @@ pub enum ToNode {
         reset: bool,
         changes: Vec<Change>,
     },
+    /// An admin renamed the node (`coordinator nodes rename`). Only sent to nodes with
+    /// [`caps::RENAME`].
+    Renamed { name: String },
 }
 
 /// One entry of a [`ToNode::Changes`] page.
@@ -410,6 +415,7 @@ impl Checked for ToNode {
                 Change::Peer(p) => name_ok(&p.name) && p.candidates.within_limits(),
                 Change::Removed(_) => true,
             }),
+            ToNode::Renamed { name } => name_ok(name),
             _ => true,
         }
     }

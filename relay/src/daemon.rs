@@ -163,6 +163,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 Event::Removed { retry_in } => {
                     warn!("an admin removed this relay at the coordinator: it forwards for nobody now (trying to register again in {}s)", retry_in.as_secs());
                 }
+                Event::Renamed { name: given } => {
+                    info!(old = %name, new = %given, "an admin renamed this relay");
+                    name = given;
+                }
                 Event::Punch { .. } | Event::PublicEndpointChanged { .. } => {}
             }
         }

@@ -1,7 +1,8 @@
 //! Peer names end to end, through /etc/hosts (the lab has no systemd-resolved; each lab
 //! namespace has its own /etc/hosts, which `ip netns exec` mounts over the machine's):
 //! `getent hosts b.party`, `ping b.party` and bare `b` resolve on every node, names appear
-//! as peers join, go when a node is removed at the coordinator, and leave the hosts file on
+//! as peers join, go when a node is removed at the coordinator, follow a rename there, and
+//! leave the hosts file on
 //! `node down` — and after a crash, at the next start.
 
 use lanmesh_e2e::mesh::{Coordinator, Node, MESH_TIMEOUT};
@@ -102,6 +103,23 @@ fn peer_names_resolve_through_etc_hosts() {
         resolve(&lab, &nodes[0], "c.party").is_none()
     });
     lab.kill(c.proc());
+
+    // Renamed at the coordinator: peers resolve the new name, and the node itself knows it.
+    coord.cli_ok(&lab, &["nodes", "rename", "b", "bob"]);
+    wait_until(
+        NAMES_TIMEOUT,
+        "a resolves bob.party and not b.party",
+        || {
+            resolve(&lab, &nodes[0], "bob.party").as_deref() == Some(sb.mesh_ip.as_str())
+                && resolve(&lab, &nodes[0], "b.party").is_none()
+        },
+    );
+    nodes[1].wait_status(&lab, NAMES_TIMEOUT, "knows its new name", |s| {
+        s.name == "bob"
+    });
+    wait_until(NAMES_TIMEOUT, "b resolves its own new name", || {
+        resolve(&lab, &nodes[1], "bob.party").as_deref() == Some(sb.mesh_ip.as_str())
+    });
 
     // `node down` takes the block out of the hosts file.
     let (status, _) = nodes[1].down(&lab, Duration::from_secs(10));
