@@ -661,11 +661,9 @@ impl ControlServer {
             let key = record.public_key;
             match self.registry.get(&key).map(|r| r.name.clone()) {
                 None if !self.admissions.contains_key(&key) => self.registry.insert(record),
-                Some(old) if old != record.name => {
-                    if self.registry.rename(&key, &record.name) {
-                        info!(%old, new = %record.name, "node renamed by admin");
-                        self.tell_renamed(&key, &record.name);
-                    }
+                Some(old) if old != record.name && self.registry.rename(&key, &record.name) => {
+                    info!(%old, new = %record.name, "node renamed by admin");
+                    self.tell_renamed(&key, &record.name);
                 }
                 _ => {}
             }
