@@ -5,7 +5,9 @@
 #     last server's unicast answer, with idle tunnels (the query builds them) and then with
 #     tunnels up (median and max of 5 runs).
 #  2. The CPU cost of fan-out: the browser's node sends 1,000 broadcasts a second to its N
-#     peers for 10 s: the node daemon's CPU (% of a core, µs per broadcast and per copy).
+#     peers for 10 s: the node daemon's CPU (% of a core, µs per broadcast and per copy),
+#     and the same for 1,000 unicast packets a second to one peer, for scale.
+#  3. Names: from a new node's `node up` to its name resolving on another node (/etc/hosts).
 #
 #   bench/lan.sh                         everything
 #   bench/lan.sh --servers 2,8,16        other server counts

@@ -15,7 +15,9 @@
 //! Then the cost of fan-out: the browser's node (limit raised to `--pps`) carries a
 //! broadcast stream of `--pps` packets a second (64-byte payloads) to its N peers for
 //! `--seconds` s; the node daemon's CPU time (utime + stime, /proc/PID/stat) per second, per
-//! packet and per copy sent, and what the peers' counters say arrived.
+//! packet and per copy sent, and what the peers' counters say arrived; and for scale the
+//! same rate of unicast packets to one peer. Last, names: the time from a new node's `node
+//! up` to its name resolving (`getent hosts late.mesh`, /etc/hosts) on the browser's node.
 //! Binaries: `$LANMESH_BIN_DIR` (coordinator, node) and the lanmesh-lan-game beside this one.
 
 use lanmesh_e2e::mesh::{Coordinator, Node, MESH_TIMEOUT};
@@ -132,11 +134,12 @@ fn one_lab(n: usize, runs: u32, pps: u32, seconds: u64) {
         let host = lab.add_host(&name, &format!("203.0.113.{}", 20 + i));
         let mut node = Node::new(&lab, &host, &name, &coord.addr);
         // Limits raised (sending and receiving) so that the whole stream goes through.
+        // The browser's node writes peer names to its namespace's own /etc/hosts.
         let args = [
             "--interface",
             "lm0",
             "--dns",
-            "off",
+            if i == 0 { "hosts" } else { "off" },
             "--lan-broadcast-pps",
             &pps_arg,
             "--lan-broadcast-kbit",
@@ -194,6 +197,36 @@ fn one_lab(n: usize, runs: u32, pps: u32, seconds: u64) {
     );
     let peer = nodes[1].status(&lab).map(|s| s.mesh_ip).unwrap_or_default();
     let uni = stream(&lab, &nodes, &format!("{peer}:27961"), pps, seconds);
+    // Names: from a new node's `node up` to its name resolving on the browser's node.
+    let late_host = lab.add_host("late", "203.0.113.99");
+    let mut late = Node::new(&lab, &late_host, "late", &coord.addr);
+    let started = Instant::now();
+    late.up(&lab, Some(&key), &["--interface", "lm0", "--dns", "off"]);
+    let mut resolved_after = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        let out = lab.exec(&browser.host.ns, "getent", ["hosts", "late.mesh"]);
+        if out.status.success() {
+            resolved_after = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let registered = late
+        .status(&lab)
+        .map(|s| !s.mesh_ip.is_empty())
+        .unwrap_or(false);
+    println!(
+        "N = {n}: a new node's name resolved on another node {} after its `node up`{}",
+        resolved_after.map_or("never (20 s)".into(), |d| format!(
+            "{:.0} ms",
+            d.as_secs_f64() * 1000.0
+        )),
+        if registered {
+            ""
+        } else {
+            " (it did not register)"
+        }
+    );
     let packets = (pps as u64 * seconds) as f64;
     println!(
         "N = {n}: for scale, {pps} unicast packets/s to one peer: node CPU {:.1}% of a core \
