@@ -33,6 +33,7 @@
 
 pub mod attack;
 pub mod mesh;
+pub mod tool_opts;
 pub mod udp;
 
 use std::collections::{HashMap, HashSet};
@@ -1591,6 +1592,17 @@ fn short_name(s: &str, max: usize) -> String {
         "x".to_string()
     } else {
         out
+    }
+}
+
+/// Sorts `times` and gives their median (None when empty).
+pub fn median(times: &mut [f64]) -> Option<f64> {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(times[n / 2]),
+        _ => Some((times[n / 2 - 1] + times[n / 2]) / 2.0),
     }
 }
 

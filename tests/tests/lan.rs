@@ -135,30 +135,15 @@ fn lan_party() {
     let p = party(&lab, &[], &[]);
     let names = ["a", "b", "c"];
     // Game servers on every node, and a listener on a's physical LAN.
-    let servers: Vec<Proc> = p
-        .nodes
-        .iter()
-        .map(|n| {
-            let name = format!("server-{}", n.name);
-            spawn_game(
-                &lab,
-                &n.host,
-                &["server", "--port", GAME_PORT, "--name", &name],
-                &name,
-            )
-        })
-        .collect();
+    let servers = start_servers(&lab, &p.nodes);
     let lan_sink = spawn_game(
         &lab,
         &p.lanbox,
         &["sink", "--port", GAME_PORT, "--seconds", "40"],
         "lanbox-sink",
     );
-    wait_until(MESH_TIMEOUT, "game servers listening", || {
-        p.nodes
-            .iter()
-            .all(|n| lab.listening(&n.host.ns, GAME_PORT.parse().unwrap()))
-            && lab.listening(&p.lanbox.ns, GAME_PORT.parse().unwrap())
+    wait_until(MESH_TIMEOUT, "a listener on a's physical LAN", || {
+        lab.listening(&p.lanbox.ns, GAME_PORT.parse().unwrap())
     });
 
     // 1. Every node's browser finds the two other servers, by 255.255.255.255 and by the
@@ -359,6 +344,45 @@ fn lan_party() {
     let _ = &p.coord;
 }
 
+/// A game server `server-<name>` on every node; waits until they listen.
+fn start_servers(lab: &Lab, nodes: &[Node]) -> Vec<Proc> {
+    let servers = nodes
+        .iter()
+        .map(|n| {
+            let name = format!("server-{}", n.name);
+            spawn_game(
+                lab,
+                &n.host,
+                &["server", "--port", GAME_PORT, "--name", &name],
+                &name,
+            )
+        })
+        .collect();
+    wait_until(MESH_TIMEOUT, "game servers listening", || {
+        nodes
+            .iter()
+            .all(|n| lab.listening(&n.host.ns, GAME_PORT.parse().unwrap()))
+    });
+    servers
+}
+
+/// A LAN browser on `node` querying `to` for `wait_ms`; its output.
+fn browse_from(lab: &Lab, node: &Node, to: &str, wait_ms: &str) -> String {
+    run_game(
+        lab,
+        &node.host.ns,
+        &[
+            "browse",
+            "--port",
+            GAME_PORT,
+            "--to",
+            to,
+            "--wait-ms",
+            wait_ms,
+        ],
+    )
+}
+
 #[test]
 fn lan_broadcast_switches() {
     if !require_root() {
@@ -367,33 +391,8 @@ fn lan_broadcast_switches() {
     // The node's switch: b carries none, so a's browser finds only c's server.
     let lab = Lab::new("lansw");
     let p = party(&lab, &[], &[&[], &["--lan-broadcast=false"], &[]]);
-    for n in &p.nodes {
-        let name = format!("server-{}", n.name);
-        spawn_game(
-            &lab,
-            &n.host,
-            &["server", "--port", GAME_PORT, "--name", &name],
-            &name,
-        );
-    }
-    wait_until(MESH_TIMEOUT, "game servers listening", || {
-        p.nodes
-            .iter()
-            .all(|n| lab.listening(&n.host.ns, GAME_PORT.parse().unwrap()))
-    });
-    let out = run_game(
-        &lab,
-        &p.nodes[0].host.ns,
-        &[
-            "browse",
-            "--port",
-            GAME_PORT,
-            "--to",
-            "255.255.255.255",
-            "--wait-ms",
-            "4000",
-        ],
-    );
+    start_servers(&lab, &p.nodes);
+    let out = browse_from(&lab, &p.nodes[0], "255.255.255.255", "4000");
     // (a's own server answers too: the kernel loops a broadcast back, as on any LAN.)
     assert_eq!(found(&out), ["server-a", "server-c"], "{out}");
     let sb = p.nodes[1].status(&lab).unwrap();
@@ -410,33 +409,8 @@ fn lan_broadcast_switches() {
     // The coordinator's switch: nobody carries any.
     let lab = Lab::new("lansw2");
     let p = party(&lab, &["--no-lan-broadcast"], &[]);
-    for n in &p.nodes {
-        let name = format!("server-{}", n.name);
-        spawn_game(
-            &lab,
-            &n.host,
-            &["server", "--port", GAME_PORT, "--name", &name],
-            &name,
-        );
-    }
-    wait_until(MESH_TIMEOUT, "game servers listening", || {
-        p.nodes
-            .iter()
-            .all(|n| lab.listening(&n.host.ns, GAME_PORT.parse().unwrap()))
-    });
-    let out = run_game(
-        &lab,
-        &p.nodes[0].host.ns,
-        &[
-            "browse",
-            "--port",
-            GAME_PORT,
-            "--to",
-            MESH_BROADCAST,
-            "--wait-ms",
-            "3000",
-        ],
-    );
+    start_servers(&lab, &p.nodes);
+    let out = browse_from(&lab, &p.nodes[0], MESH_BROADCAST, "3000");
     // (The interface has no broadcast address then: the kernel sends this as unicast into
     // the mesh, where the node drops it; not even a's own server sees it.)
     assert!(found(&out).is_empty(), "{out}");

@@ -14,7 +14,7 @@
 //! Binaries: `$LANMESH_BIN_DIR` (coordinator, node), as for the tests.
 
 use lanmesh_e2e::mesh::{Coordinator, Node, MESH_TIMEOUT};
-use lanmesh_e2e::{require_root, Lab, Nat};
+use lanmesh_e2e::{median, require_root, Lab, Nat};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -77,13 +77,8 @@ fn main() {
         println!("no successful run");
         std::process::exit(1);
     }
-    times.sort_by(f64::total_cmp);
+    let median = median(&mut times).expect("not empty");
     let n = times.len();
-    let median = if n % 2 == 1 {
-        times[n / 2]
-    } else {
-        (times[n / 2 - 1] + times[n / 2]) / 2.0
-    };
     println!(
         "median {:.1} ms, max {:.1} ms, min {:.1} ms ({n} runs{})",
         median * 1000.0,

@@ -21,7 +21,7 @@
 //! Binaries: `$LANMESH_BIN_DIR` (coordinator, node) and the lanmesh-lan-game beside this one.
 
 use lanmesh_e2e::mesh::{Coordinator, Node, MESH_TIMEOUT};
-use lanmesh_e2e::{clock_ticks, cpu_ticks_split, require_root, stdout, wait_until, Lab};
+use lanmesh_e2e::{clock_ticks, cpu_ticks_split, median, require_root, stdout, wait_until, Lab};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -98,19 +98,13 @@ fn browse(lab: &Lab, ns: &str, expect: usize) -> Option<f64> {
 }
 
 fn summary(times: &mut [f64]) -> String {
-    if times.is_empty() {
+    let Some(median) = median(times) else {
         return "no successful run".into();
-    }
-    times.sort_by(f64::total_cmp);
-    let n = times.len();
-    let median = if n % 2 == 1 {
-        times[n / 2]
-    } else {
-        (times[n / 2 - 1] + times[n / 2]) / 2.0
     };
     format!(
-        "median {median:.1} ms, max {:.1} ms ({n} runs)",
-        times[n - 1]
+        "median {median:.1} ms, max {:.1} ms ({} runs)",
+        times[times.len() - 1],
+        times.len()
     )
 }
 

@@ -24,6 +24,7 @@
 //!
 //! Every command exits with status 2 after its timeout (default 60 s).
 
+use lanmesh_e2e::tool_opts::{fail, Opts};
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::exit;
@@ -31,62 +32,12 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: lanmesh-lan-game server|browse|announce|listen|flood|sink [--flag value]... (see the source)";
 
-fn fail(msg: &str) -> ! {
-    eprintln!("{msg}");
-    exit(2)
-}
-
-struct Opts(Vec<(String, String)>);
-
-impl Opts {
-    fn parse(args: &[String]) -> Opts {
-        let mut out = Vec::new();
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let Some(value) = it.next().filter(|_| flag.starts_with("--")) else {
-                fail(&format!("bad argument {flag:?}\n{USAGE}"));
-            };
-            out.push((flag.clone(), value.clone()));
-        }
-        Opts(out)
-    }
-    fn get(&self, flag: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(f, _)| f == flag)
-            .map(|(_, v)| v.as_str())
-    }
-    fn all(&self, flag: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(f, _)| f == flag)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-    fn required(&self, flag: &str) -> &str {
-        self.get(flag)
-            .unwrap_or_else(|| fail(&format!("{flag} is required\n{USAGE}")))
-    }
-    fn num(&self, flag: &str) -> Option<u64> {
-        self.get(flag).map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| fail(&format!("{flag}: not a number: {v:?}")))
-        })
-    }
-    fn parsed<T: std::str::FromStr>(&self, flag: &str) -> T {
-        let v = self.required(flag);
-        v.parse()
-            .unwrap_or_else(|_| fail(&format!("{flag}: cannot parse {v:?}")))
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         fail(USAGE);
     };
-    let opts = Opts::parse(&args[1..]);
+    let opts = Opts::parse(&args[1..], &[], USAGE);
     let timeout = Duration::from_secs(opts.num("--timeout").unwrap_or(60));
     std::thread::spawn(move || {
         std::thread::sleep(timeout);

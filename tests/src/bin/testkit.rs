@@ -40,10 +40,10 @@
 //! doing, so a broken network never hangs a test. Errors go to stderr; stdout carries only
 //! results.
 
+use lanmesh_e2e::tool_opts::{fail, parse_addr, Opts};
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::exit;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ fn main() {
     let Some(cmd) = args.first() else {
         fail(USAGE);
     };
-    let opts = Opts::parse(&args[1..]);
+    let opts = Opts::parse(&args[1..], &SWITCHES, USAGE);
     let timeout = Duration::from_secs(opts.num("--timeout").unwrap_or(60));
     start_watchdog(timeout);
     let deadline = Instant::now() + timeout;
@@ -79,11 +79,6 @@ fn main() {
     }
 }
 
-fn fail(msg: &str) -> ! {
-    eprintln!("{msg}");
-    exit(2);
-}
-
 /// Ends the whole process after `timeout`, even if a syscall is stuck.
 fn start_watchdog(timeout: Duration) {
     std::thread::spawn(move || {
@@ -93,78 +88,6 @@ fn start_watchdog(timeout: Duration) {
             timeout.as_secs()
         ));
     });
-}
-
-struct Opts(Vec<(String, String)>);
-
-impl Opts {
-    fn parse(args: &[String]) -> Opts {
-        let mut out = Vec::new();
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            if !flag.starts_with("--") {
-                fail(&format!("unexpected argument {flag:?}\n{USAGE}"));
-            }
-            if SWITCHES.contains(&flag.as_str()) {
-                out.push((flag.clone(), String::new()));
-                continue;
-            }
-            let Some(value) = it.next() else {
-                fail(&format!("{flag} needs a value\n{USAGE}"));
-            };
-            out.push((flag.clone(), value.clone()));
-        }
-        Opts(out)
-    }
-
-    fn get(&self, flag: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(f, _)| f == flag)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn all(&self, flag: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(f, _)| f == flag)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    fn has(&self, flag: &str) -> bool {
-        self.0.iter().any(|(f, _)| f == flag)
-    }
-
-    fn required(&self, flag: &str) -> &str {
-        self.get(flag)
-            .unwrap_or_else(|| fail(&format!("missing {flag}\n{USAGE}")))
-    }
-
-    fn num(&self, flag: &str) -> Option<u64> {
-        self.get(flag).map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| fail(&format!("{flag}: not a number: {v:?}")))
-        })
-    }
-
-    fn addr(&self, flag: &str) -> SocketAddr {
-        parse_addr(flag, self.required(flag))
-    }
-
-    fn addrs(&self, flag: &str) -> Vec<SocketAddr> {
-        let all = self.all(flag);
-        if all.is_empty() {
-            fail(&format!("missing {flag}\n{USAGE}"));
-        }
-        all.into_iter().map(|v| parse_addr(flag, v)).collect()
-    }
-}
-
-fn parse_addr(flag: &str, v: &str) -> SocketAddr {
-    v.parse()
-        .unwrap_or_else(|_| fail(&format!("{flag}: not an IP:PORT: {v:?}")))
 }
 
 fn left(deadline: Instant) -> Duration {
