@@ -79,7 +79,12 @@ pub fn write(path: &Path, iface: &str, block: &str) -> std::io::Result<()> {
         return Ok(());
     }
     // Atomically where possible: a temporary file beside it, renamed over it.
-    let tmp = path.with_extension("lanmesh-tmp");
+    // (Named after the interface and process: two daemons never share one.)
+    let tmp = path.with_file_name(format!(
+        ".{}.lanmesh-{iface}-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("hosts"),
+        std::process::id()
+    ));
     let renamed = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(new.as_bytes())?;
