@@ -191,6 +191,14 @@ fn one_lab(n: usize, runs: u32, pps: u32, seconds: u64) {
     );
     let peer = nodes[1].status(&lab).map(|s| s.mesh_ip).unwrap_or_default();
     let uni = stream(&lab, &nodes, &format!("{peer}:27961"), pps, seconds);
+    let packets = (pps as u64 * seconds) as f64;
+    println!(
+        "N = {n}: for scale, {pps} unicast packets/s to one peer: node CPU {:.1}% of a core \
+         ({:.1}% user), {:.1} µs per packet",
+        uni.cpu_pct(),
+        uni.user_pct(),
+        uni.cpu_s * 1e6 / packets,
+    );
     // Names: from a new node's `node up` to its name resolving on the browser's node.
     let late_host = lab.add_host("late", "203.0.113.99");
     let mut late = Node::new(&lab, &late_host, "late", &coord.addr);
@@ -220,14 +228,6 @@ fn one_lab(n: usize, runs: u32, pps: u32, seconds: u64) {
         } else {
             " (it did not register)"
         }
-    );
-    let packets = (pps as u64 * seconds) as f64;
-    println!(
-        "N = {n}: for scale, {pps} unicast packets/s to one peer: node CPU {:.1}% of a core \
-         ({:.1}% user), {:.1} µs per packet",
-        uni.cpu_pct(),
-        uni.user_pct(),
-        uni.cpu_s * 1e6 / packets,
     );
 }
 
