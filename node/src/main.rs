@@ -386,6 +386,8 @@ fn print_status(s: &api::Status) {
         .collect();
     let header = ["PEER", "MESH IP", "ONLINE", "PATH", "HANDSHAKE", "RX", "TX"];
     lanmesh_common::print_table(&header, &rows, 5);
+    // After a blank line (the table ends there): LAN traffic and names.
+    println!();
     let lan = &s.lan_broadcast;
     let state = match (lan.enabled, lan.allowed_by_network) {
         (true, true) => format!("on (limit {}/s, {} kbit/s)", lan.limit_pps, lan.limit_kbit),

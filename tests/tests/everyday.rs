@@ -659,9 +659,10 @@ fn parse_table(text: &str) -> (String, Vec<Row>) {
         rx,
         tx,
     };
+    // The table ends at the first blank line (LAN broadcast and names follow).
     let rows = lines[2..]
         .iter()
-        .filter(|l| !l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
         .map(|l| parse_row(l, header, &c, text))
         .collect();
     (lines[0].to_string(), rows)
