@@ -24,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
             let mut unique = groups.clone();
             unique.sort();
             unique.dedup();
-            assert_eq!(unique.len(), groups.len(), "a group listed twice: {groups:?}");
+            assert_eq!(
+                unique.len(),
+                groups.len(),
+                "a group listed twice: {groups:?}"
+            );
             let mut buf = [0u8; MAX_REPORT_LEN];
             let n = write_report(Ipv4Addr::new(100, 64, 0, 9), &groups, &mut buf);
             let mut again = Vec::new();
