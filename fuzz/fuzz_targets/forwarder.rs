@@ -307,7 +307,7 @@ fuzz_target!(|input: &[u8]| {
     let first_session = u32::from_le_bytes(input[1..5].try_into().unwrap());
     let tiny_rate = flags & 8 != 0;
     let rate = if tiny_rate { 3000 } else { 250_000_000 };
-    let mut fwd = Forwarder::new(static_secret(seed::RELAY), rate, first_session);
+    let mut fwd = Forwarder::new(static_secret(seed::RELAY), rate, first_session as u64);
     let mut model = Model::default();
     let members = [flags & 1 == 0, flags & 2 == 0, flags & 4 == 0, false, false];
     fwd.set_members(member_list(&members));

@@ -12,6 +12,8 @@ use lanmesh_proto::relay::{
 };
 use lanmesh_proto::replay::ReplayWindow;
 use lanmesh_proto::{stun, PublicKey};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use tracing::{debug, info};
@@ -73,21 +75,31 @@ pub struct Forwarder {
     bytes_per_sec: u64,
     stats: Stats,
     drops: LogLimit,
+    /// Nonces of Bound answers (seeded: a run replays).
+    rng: StdRng,
 }
 
 impl Forwarder {
-    pub fn new(secret: StaticSecret, bytes_per_sec: u64, first_session: u32) -> Forwarder {
+    /// `seed` seeds the nonces; its low 32 bits are the first session index handed out.
+    pub fn new(secret: StaticSecret, bytes_per_sec: u64, seed: u64) -> Forwarder {
         let public = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
         Forwarder {
             secret,
             public,
             members: HashMap::new(),
             sessions: HashMap::new(),
-            next_session: first_session,
+            next_session: seed as u32,
             bytes_per_sec,
             stats: Stats::default(),
             drops: LogLimit::new(5),
+            rng: StdRng::seed_from_u64(seed),
         }
+    }
+
+    fn nonce(&mut self) -> [u8; 12] {
+        let mut n = [0u8; 12];
+        self.rng.fill_bytes(&mut n);
+        n
     }
 
     pub fn stats(&self) -> Stats {
@@ -209,7 +221,9 @@ impl Forwarder {
                 session: member.session.expect("checked"),
                 created: session.created,
             };
-            let frame = member.bind_key.bound(&answer, rand::random());
+            let nonce = self.nonce();
+            let member = self.members.get(&key).expect("looked up above");
+            let frame = member.bind_key.bound(&answer, nonce);
             return out(src, &frame);
         }
         let frames = member.bind_key.session_key(timestamp);
@@ -226,7 +240,9 @@ impl Forwarder {
             session: index,
             created: timestamp,
         };
-        let frame = member.bind_key.bound(&answer, rand::random());
+        let nonce = self.nonce();
+        let member = self.members.get(&key).expect("looked up above");
+        let frame = member.bind_key.bound(&answer, nonce);
         debug!(member = %key.short(), %src, "member bound");
         self.sessions.insert(
             index,

@@ -207,3 +207,23 @@ fn idle_sessions_expire_and_stun_is_answered_in_size() {
     assert_eq!(out.len(), 1);
     assert!(out[0].1.len() <= n);
 }
+
+#[test]
+fn a_run_replays_from_its_seed() {
+    let run = |seed: u64| {
+        let mut a = Member::new(1);
+        let mut f = Forwarder::new(StaticSecret::from(RELAY), 1_000_000, seed);
+        f.set_members([a.key]);
+        let first = a.bind(&mut f, 0);
+        let refresh = a.bind(&mut f, 10);
+        (first, refresh, a.session)
+    };
+    assert_eq!(run(7), run(7), "same seed, same answers");
+    let (x, _, session) = run(7);
+    let (y, _, _) = run(8);
+    assert_ne!(x, y, "another seed, other nonces");
+    assert_eq!(
+        session, 8,
+        "the first session index comes from the seed's low bits"
+    );
+}
