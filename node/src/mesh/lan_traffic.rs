@@ -133,10 +133,32 @@ impl Mesh {
     }
 }
 
+/// An IPv4 packet `peer`'s tunnel opened (arrived directly or through a relay): to the TUN if
+/// its source is the peer's mesh IP, broadcast and multicast by the rules of [`receive`].
+/// Returns false for a spoofed source (dropped).
+pub(super) fn inner_to_tun(
+    lan: &mut Lan,
+    groups: &mut Vec<Ipv4Addr>,
+    peer: &mut Peer,
+    now: Instant,
+    inner: &[u8],
+    inner_src: Ipv4Addr,
+    io: &mut impl Io,
+) -> bool {
+    if inner_src != peer.info.mesh_ip {
+        return false;
+    }
+    match super::ipv4_destination(inner).and_then(|d| lan.classify(d)) {
+        None => io.write_tun(inner),
+        Some(dst) => receive(lan, groups, peer, now, dst, inner, io),
+    }
+    true
+}
+
 /// A broadcast or multicast packet a peer sent (authenticated, from its mesh IP): its group
 /// report is taken in; anything else goes to the TUN within the peer's budget. Nothing from a
 /// peer is ever sent on to other peers.
-pub(super) fn receive(
+fn receive(
     lan: &mut Lan,
     groups: &mut Vec<Ipv4Addr>,
     peer: &mut Peer,

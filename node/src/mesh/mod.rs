@@ -444,20 +444,16 @@ impl Mesh {
                 genuine
             }
             TunnResult::WriteToTunnelV4(inner, inner_src) => {
-                if inner_src == peer.info.mesh_ip {
-                    match ipv4_destination(inner).and_then(|d| self.lan.classify(d)) {
-                        None => io.write_tun(inner),
-                        Some(lan_dst) => lan_traffic::receive(
-                            &mut self.lan,
-                            &mut self.report_groups,
-                            peer,
-                            now,
-                            lan_dst,
-                            inner,
-                            io,
-                        ),
-                    }
-                } else if self.drops.allow((now - self.epoch).as_millis() as u64) {
+                let delivered = lan_traffic::inner_to_tun(
+                    &mut self.lan,
+                    &mut self.report_groups,
+                    peer,
+                    now,
+                    inner,
+                    inner_src,
+                    io,
+                );
+                if !delivered && self.drops.allow((now - self.epoch).as_millis() as u64) {
                     debug!(peer = %peer.info.name, %inner_src, "dropped inner packet with a spoofed source");
                 }
                 true

@@ -1,6 +1,6 @@
 //! Datagrams that came through a relay: bind answers and delivered WireGuard (or probes).
 
-use super::{transmit, written, Io, Mesh};
+use super::{lan_traffic, transmit, written, Io, Mesh};
 use crate::relays::HomeChange;
 use boringtun::noise::TunnResult;
 use lanmesh_proto::header::ControlKind;
@@ -67,9 +67,16 @@ impl Mesh {
                 if peer.paths.best().is_none() {
                     peer.relayed = true;
                 }
-                if inner_src == peer.info.mesh_ip {
-                    io.write_tun(inner);
-                } else if self.drops.allow((now - self.epoch).as_millis() as u64) {
+                let delivered = lan_traffic::inner_to_tun(
+                    &mut self.lan,
+                    &mut self.report_groups,
+                    peer,
+                    now,
+                    inner,
+                    inner_src,
+                    io,
+                );
+                if !delivered && self.drops.allow((now - self.epoch).as_millis() as u64) {
                     debug!(peer = %peer.info.name, %inner_src, "dropped relayed inner packet with a spoofed source");
                 }
             }
