@@ -89,14 +89,10 @@ pub struct PeerGroups {
 impl PeerGroups {
     /// Whether the peer gets packets for `dst`.
     pub fn wants(&self, now: Instant, dst: LanDst) -> bool {
-        match (dst, &self.reported) {
-            (LanDst::Broadcast, _) => true,
-            (LanDst::Multicast(g), Some((groups, at)))
-                if now.saturating_duration_since(*at) < MEMBERSHIP_FOR =>
-            {
-                groups.contains(&g)
-            }
-            (LanDst::Multicast(_), _) => true,
+        match dst {
+            LanDst::Broadcast => true,
+            // Without a current report: every group (its kernel drops what nobody joined).
+            LanDst::Multicast(g) => self.reported(now).is_none_or(|groups| groups.contains(&g)),
         }
     }
 
@@ -140,6 +136,8 @@ pub struct Lan {
     rx_bytes: KeyedLimiter<PublicKey>,
     counters: LanCounters,
     epoch: Instant,
+    /// Reused for the groups of a peer's report.
+    report: Vec<Ipv4Addr>,
 }
 
 /// Packets a second, with a burst of one second's worth (at most 1000 a second: the buckets
@@ -173,6 +171,7 @@ impl Lan {
             groups_stale: true,
             counters: LanCounters::default(),
             epoch: now,
+            report: Vec::with_capacity(igmp::MAX_GROUPS),
         }
     }
 
@@ -245,6 +244,13 @@ impl Lan {
     /// Whether the driver should re-read the kernel's groups now (and clears it).
     pub fn take_groups_stale(&mut self) -> bool {
         std::mem::take(&mut self.groups_stale)
+    }
+
+    /// The groups a peer's IGMPv3 report (a packet from inside its tunnel) states, if it is a
+    /// well-formed one.
+    pub fn read_report(&mut self, packet: &[u8]) -> Option<&[Ipv4Addr]> {
+        igmp::read_report(packet, &mut self.report)?;
+        Some(&self.report)
     }
 
     /// Whether to report our groups to a peer now; if so, notes it as done.

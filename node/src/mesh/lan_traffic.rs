@@ -4,9 +4,11 @@
 use super::{transmit, written, Io, Mesh, Peer};
 use crate::lan::igmp::{self, REPORTS_GROUP};
 use crate::lan::{Lan, LanConfig, LanCounters, LanDst};
+use lanmesh_proto::log_limit::LogLimit;
 use lanmesh_proto::relay::SEND_HEADER;
 use std::net::Ipv4Addr;
 use std::time::Instant;
+use tracing::debug;
 
 impl Mesh {
     /// A broadcast or multicast packet from the TUN: a copy to each online peer that gets it,
@@ -118,7 +120,8 @@ impl Mesh {
         self.lan.counters()
     }
 
-    /// The groups each peer with a tunnel reported (for status and tests).
+    /// The groups each peer with a tunnel reported.
+    #[cfg(test)]
     pub fn lan_peer_groups(&self, now: Instant) -> Vec<(String, Option<Vec<Ipv4Addr>>)> {
         self.slots
             .iter()
@@ -134,25 +137,27 @@ impl Mesh {
 }
 
 /// An IPv4 packet `peer`'s tunnel opened (arrived directly or through a relay): to the TUN if
-/// its source is the peer's mesh IP, broadcast and multicast by the rules of [`receive`].
-/// Returns false for a spoofed source (dropped).
+/// its source is the peer's mesh IP (else dropped and logged), broadcast and multicast by the
+/// rules of [`receive`].
 pub(super) fn inner_to_tun(
     lan: &mut Lan,
-    groups: &mut Vec<Ipv4Addr>,
+    drops: &mut LogLimit,
+    epoch: Instant,
     peer: &mut Peer,
     now: Instant,
-    inner: &[u8],
-    inner_src: Ipv4Addr,
+    (inner, inner_src): (&[u8], Ipv4Addr),
     io: &mut impl Io,
-) -> bool {
+) {
     if inner_src != peer.info.mesh_ip {
-        return false;
+        if drops.allow(now.saturating_duration_since(epoch).as_millis() as u64) {
+            debug!(peer = %peer.info.name, %inner_src, "dropped inner packet with a spoofed source");
+        }
+        return;
     }
     match super::ipv4_destination(inner).and_then(|d| lan.classify(d)) {
         None => io.write_tun(inner),
-        Some(dst) => receive(lan, groups, peer, now, dst, inner, io),
+        Some(dst) => receive(lan, peer, now, dst, inner, io),
     }
-    true
 }
 
 /// A broadcast or multicast packet a peer sent (authenticated, from its mesh IP): its group
@@ -160,7 +165,6 @@ pub(super) fn inner_to_tun(
 /// peer is ever sent on to other peers.
 fn receive(
     lan: &mut Lan,
-    groups: &mut Vec<Ipv4Addr>,
     peer: &mut Peer,
     now: Instant,
     dst: LanDst,
@@ -168,7 +172,7 @@ fn receive(
     io: &mut impl Io,
 ) {
     if dst == LanDst::Multicast(REPORTS_GROUP) && igmp::is_igmp(packet) {
-        if igmp::read_report(packet, groups).is_some() {
+        if let Some(groups) = lan.read_report(packet) {
             peer.groups.on_report(now, groups);
         }
         return;

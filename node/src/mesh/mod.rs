@@ -218,9 +218,8 @@ pub struct Mesh {
     epoch: Instant,
     /// Broadcast and multicast: limits, counters, our groups.
     lan: Lan,
-    /// Reused buffers: the peers a LAN packet goes to, the groups of a peer's report.
+    /// Reused: the peers a LAN packet goes to.
     fanout: Vec<PublicKey>,
-    report_groups: Vec<Ipv4Addr>,
 }
 
 impl Mesh {
@@ -261,7 +260,6 @@ impl Mesh {
             epoch: now,
             lan: Lan::new(config.lan, now),
             fanout: Vec::new(),
-            report_groups: Vec::new(),
         }
     }
 
@@ -444,18 +442,16 @@ impl Mesh {
                 genuine
             }
             TunnResult::WriteToTunnelV4(inner, inner_src) => {
-                let delivered = lan_traffic::inner_to_tun(
-                    &mut self.lan,
-                    &mut self.report_groups,
+                let (lan, drops) = (&mut self.lan, &mut self.drops);
+                lan_traffic::inner_to_tun(
+                    lan,
+                    drops,
+                    self.epoch,
                     peer,
                     now,
-                    inner,
-                    inner_src,
+                    (inner, inner_src),
                     io,
                 );
-                if !delivered && self.drops.allow((now - self.epoch).as_millis() as u64) {
-                    debug!(peer = %peer.info.name, %inner_src, "dropped inner packet with a spoofed source");
-                }
                 true
             }
             TunnResult::WriteToTunnelV6(..) => true,

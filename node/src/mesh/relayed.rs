@@ -8,7 +8,7 @@ use lanmesh_proto::probe;
 use lanmesh_proto::relay::{frame_kind, parse_deliver, SEND_HEADER};
 use std::net::SocketAddr;
 use std::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 impl Mesh {
     /// A relay frame (a bind answer or a delivered datagram) from `src`.
@@ -67,18 +67,16 @@ impl Mesh {
                 if peer.paths.best().is_none() {
                     peer.relayed = true;
                 }
-                let delivered = lan_traffic::inner_to_tun(
-                    &mut self.lan,
-                    &mut self.report_groups,
+                let (lan, drops) = (&mut self.lan, &mut self.drops);
+                lan_traffic::inner_to_tun(
+                    lan,
+                    drops,
+                    self.epoch,
                     peer,
                     now,
-                    inner,
-                    inner_src,
+                    (inner, inner_src),
                     io,
                 );
-                if !delivered && self.drops.allow((now - self.epoch).as_millis() as u64) {
-                    debug!(peer = %peer.info.name, %inner_src, "dropped relayed inner packet with a spoofed source");
-                }
             }
             _ => {}
         }

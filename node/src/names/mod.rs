@@ -77,10 +77,6 @@ impl NameTable {
         }
     }
 
-    pub fn domain(&self) -> &str {
-        &self.domain
-    }
-
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
