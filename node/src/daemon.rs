@@ -609,7 +609,6 @@ fn status(
     names: &NameService,
     mapping_varies: Option<bool>,
 ) -> Status {
-    let table = names.table();
     Status {
         name: identity
             .as_ref()
@@ -640,9 +639,7 @@ fn status(
             .peers(Instant::now())
             .into_iter()
             .map(|p| PeerStatus {
-                dns_name: (names.describe() != "off"
-                    && table.lookup(&table.fqdn(&p.info.name)) == Some(Some(p.info.mesh_ip)))
-                .then(|| table.fqdn(&p.info.name)),
+                dns_name: names.dns_name(&p.info.name, p.info.mesh_ip),
                 name: p.info.name,
                 mesh_ip: p.info.mesh_ip.to_string(),
                 public_key: p.info.public_key.to_string(),

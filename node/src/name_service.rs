@@ -115,8 +115,12 @@ impl NameService {
         }
     }
 
-    pub fn table(&self) -> &NameTable {
-        &self.table
+    /// The name `name` resolves as here (`alice.mesh`), if names are on and it resolves to
+    /// `ip`.
+    pub fn dns_name(&self, name: &str, ip: Ipv4Addr) -> Option<String> {
+        let fqdn = self.table.fqdn(name);
+        let on = !matches!(self.active, Active::Off);
+        (on && self.table.lookup(&fqdn) == Some(Some(ip))).then_some(fqdn)
     }
 
     /// Waits for a DNS query (never returns without the responder).

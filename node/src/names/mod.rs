@@ -8,7 +8,9 @@
 //! - without it: a marker-delimited block in /etc/hosts ([`hosts`]), rewritten when names
 //!   change and removed on `node down` (and at the next start after a crash).
 //!
-//! This file holds the pure part: the table of names.
+//! This file holds the pure part: the table of names. The OS is touched only by
+//! [`hosts::write`] and [`resolved::serves_this_machine`], which the driver
+//! (`crate::name_service`) calls.
 
 pub mod dns;
 pub mod hosts;
