@@ -273,11 +273,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                         continue;
                     };
                     mesh.set_identity(mesh_ip, network);
-                    let allowed = policy & lanmesh_proto::messages::policy::NO_LAN_BROADCAST == 0;
-                    if opts.lan.enabled && !allowed {
+                    mesh.set_network_policy(policy);
+                    if opts.lan.enabled && !mesh.lan_allowed() {
                         info!("the coordinator switched broadcast and multicast off for this network");
                     }
-                    mesh.set_lan_allowed(allowed);
                     let placement = MeshPlacement { mesh_ip, network, lan: mesh.lan_active() };
                     if let Trust::JoinKey(k) = trust {
                         if opts.state.pinned_coordinator()? != Some(k) {

@@ -98,9 +98,10 @@ impl Mesh {
         self.lan.take_groups_stale()
     }
 
-    /// The coordinator's network-wide switch for broadcast and multicast.
-    pub fn set_lan_allowed(&mut self, allowed: bool) {
-        self.lan.set_allowed(allowed);
+    /// The coordinator's network-wide switches (`messages::policy`, from the Welcome).
+    pub fn set_network_policy(&mut self, policy: u64) {
+        self.lan
+            .set_allowed(policy & lanmesh_proto::messages::policy::NO_LAN_BROADCAST == 0);
     }
 
     /// Whether broadcast and multicast are carried now.

@@ -160,7 +160,8 @@ fn a_broadcast_flood_is_cut_to_the_limit() {
 #[test]
 fn switched_off_by_the_coordinator_nothing_goes_or_comes() {
     let (mut a, mut b, mut c) = trio();
-    b.mesh.set_lan_allowed(false);
+    b.mesh
+        .set_network_policy(lanmesh_proto::messages::policy::NO_LAN_BROADCAST);
     let query = udp_to(a.info.mesh_ip, Ipv4Addr::BROADCAST, b"anyone?");
     send_from_tun(&mut a, &query);
     pump(&mut [&mut a, &mut b, &mut c]);
