@@ -10,9 +10,11 @@ pub mod mesh;
 pub mod name_service;
 pub mod names;
 pub mod netconf;
+pub mod node_state;
 pub mod paths;
 pub mod relays;
 pub mod stun_client;
+pub mod wg_clock;
 
 #[cfg(test)]
 mod mesh_tests;

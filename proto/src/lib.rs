@@ -13,6 +13,7 @@ pub mod join_key;
 pub mod key;
 pub mod log_limit;
 pub mod messages;
+pub mod outbox;
 pub mod probe;
 pub mod rate;
 pub mod relay;

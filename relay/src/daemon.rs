@@ -1,25 +1,22 @@
-//! `relay serve`: the tokio driver. It owns the UDP socket (for forwarding and for the
-//! coordinator), the timers and the local status socket, and feeds the sans-IO
-//! [`ControlClient`] and [`Forwarder`].
+//! `relay serve`: the tokio driver around [`RelayState`]. It owns the UDP socket (for
+//! forwarding and for the coordinator) and the local status socket, moves datagrams between
+//! the socket and the core, sleeps until the core's next timeout and runs its OS commands.
 
-use crate::forwarder::Forwarder;
+use crate::relay_state::{Command, RelayConfig, RelayState};
 use anyhow::bail;
 use lanmesh_common::local_api;
 use lanmesh_common::net::{coordinator_target, resolve};
 use lanmesh_common::state_dir::StateDir;
-use lanmesh_common::{unix_ms, unix_ns};
-use lanmesh_proto::client::{ClientConfig, ControlClient, Event, Trust};
-use lanmesh_proto::header::{classify, PacketClass};
-use lanmesh_proto::messages::Role;
-use lanmesh_proto::relay::frame_kind;
-use lanmesh_proto::{JoinKey, PublicKey};
+use lanmesh_common::unix_ns;
+use lanmesh_proto::client::Trust;
+use lanmesh_proto::JoinKey;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 pub struct Options {
     pub listen: SocketAddr,
@@ -81,8 +78,6 @@ fn bind_socket(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     opts.state.create()?;
     let private = opts.state.private_key()?;
-    let secret = x25519_dalek::StaticSecret::from(private);
-    let public = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
     let socket = bind_socket(opts.listen)?;
     let listener = local_api::listen(&opts.state.socket(), "relay")?;
     let (api_tx, mut api_rx) = mpsc::channel::<local_api::Call<Request, Status>>(16);
@@ -104,117 +99,59 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
              `coordinator keys create --relay` and pass it with --auth-key"
         ),
     };
-    info!(%public, listen = %opts.listen, %coordinator, "relay starting");
     let (stamp_floor, mut persisted_floor) = opts.state.start_stamps(unix_ns())?;
-    let mut control = ControlClient::new(
-        ClientConfig {
-            private,
-            coordinator_addr: coordinator,
-            trust,
-            join: opts.auth_key.map(|k| k.secret),
-            name: opts.name.clone(),
-            role: Role::Relay,
-            stamp_floor,
-        },
-        rand::random(),
-    );
-    control.start(Instant::now(), unix_ns());
-    let mut forwarder = Forwarder::new(secret, opts.bytes_per_sec, rand::random());
-    let mut name = opts.name.clone();
+    let config = RelayConfig {
+        private,
+        coordinator,
+        trust,
+        join: opts.auth_key.map(|k| k.secret),
+        name: opts.name.clone(),
+        stamp_floor,
+        bytes_per_sec: opts.bytes_per_sec,
+        seed: rand::random(),
+    };
+    let mut relay = RelayState::new(config, Instant::now(), unix_ns());
+    info!(public = %relay.public_key(), listen = %opts.listen, %coordinator, "relay starting");
     let mut buf = vec![0u8; 65_536];
-    let mut expiry = tokio::time::interval(Duration::from_secs(5));
-
     let result = loop {
-        while let Some(t) = control.poll_transmit() {
-            let _ = socket.send_to(&t.payload, t.dst).await;
+        while let Some(t) = relay.poll_transmit() {
+            // A full socket buffer drops the datagram, like a full NIC queue would.
+            let _ = socket.try_send_to(&t.payload, t.dst);
+            relay.recycle(t.payload);
         }
-        let mut fatal = None;
-        while let Some(event) = control.poll_event() {
-            match event {
-                Event::Registered { name: given, .. } => {
-                    if let Trust::JoinKey(k) = trust {
-                        if opts.state.pinned_coordinator()? != Some(k) {
-                            opts.state.pin_coordinator(&k)?;
-                        }
+        let mut stop = None;
+        while let Some(command) = relay.poll_command() {
+            match command {
+                Command::PinCoordinator(key) => {
+                    if opts.state.pinned_coordinator()? != Some(key) {
+                        opts.state.pin_coordinator(&key)?;
                     }
-                    info!(name = %given, "registered with the coordinator; forwarding for its members");
-                    name = given;
                 }
-                Event::PeerMap(peers) => {
-                    forwarder.set_members(peers.iter().filter(|p| p.role == Role::Node).map(|p| p.public_key));
-                    info!(members = forwarder.members(), "member list updated");
-                }
-                Event::Pin(key) => opts.state.pin_coordinator(&key)?,
-                Event::Unreachable { retry_in } => warn!(
-                    "coordinator {coordinator} is not answering; retrying in {}s (forwarding goes on)",
-                    retry_in.as_secs()
-                ),
-                Event::Lost => warn!("lost contact with coordinator {coordinator}; reconnecting (forwarding goes on)"),
-                Event::Warning(message) => warn!("{message}"),
-                // The coordinator refused the relay key the user gave: only the user can fix
-                // that. Anything else is tried again later.
-                Event::Rejected { reason, message, ever_registered: false, .. } if reason.is_about_the_key() => {
-                    fatal = Some(format!("the coordinator refused this relay: {message}"));
-                }
-                Event::Rejected { message, retry_in, .. } => warn!(
-                    "the coordinator refused this relay: {message} (trying again in {}s; forwarding goes on)",
-                    retry_in.as_secs()
-                ),
-                Event::Removed { retry_in } => {
-                    warn!("an admin removed this relay at the coordinator: it forwards for nobody now (trying to register again in {}s)", retry_in.as_secs());
-                }
-                Event::Renamed { name: given } => {
-                    info!(old = %name, new = %given, "an admin renamed this relay");
-                    name = given;
-                }
-                Event::Punch { .. } | Event::PublicEndpointChanged { .. } => {}
+                Command::SaveStamps(wall_ns) => opts
+                    .state
+                    .renew_stamps(&mut persisted_floor, unix_ns().max(wall_ns)),
+                Command::Stop(message) => stop = Some(message),
             }
         }
-        if let Some(message) = fatal {
+        if let Some(message) = stop {
             break Err(anyhow::anyhow!(message));
         }
-        let wake = control
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, src)) = r else { continue };
-                let data = &buf[..n];
-                if src == coordinator && classify(data) == PacketClass::Control && frame_kind(data).is_none() {
-                    control.handle_datagram(Instant::now(), unix_ns(), src, data);
-                } else {
-                    forwarder.handle_datagram(unix_ms(), src, &mut buf, n, &mut |dst, d| {
-                        // A full socket buffer drops the datagram, like a full NIC queue would.
-                        let _ = socket.try_send_to(d, dst);
-                    });
-                }
-            }
-            _ = tokio::time::sleep_until(wake.into()) => control.handle_timeout(Instant::now(), unix_ns()),
-            _ = expiry.tick() => {
-                forwarder.expire(unix_ms());
-                opts.state.renew_stamps(&mut persisted_floor, unix_ns());
+            r = socket.recv_from(&mut buf) => if let Ok((n, src)) = r {
+                relay.handle_datagram(Instant::now(), src, &mut buf, n);
+            },
+            _ = tokio::time::sleep_until(relay.poll_timeout().into()) => {
+                relay.handle_timeout(Instant::now())
             }
             Some((Request::Status, reply)) = api_rx.recv() => {
-                let stats = forwarder.stats();
-                let _ = reply.send(Status {
-                    name: name.clone(),
-                    public_key: public.to_string(),
-                    listen: opts.listen.to_string(),
-                    coordinator: coordinator.to_string(),
-                    coordinator_connected: control.is_connected(),
-                    members: forwarder.members(),
-                    members_connected: forwarder.bound(),
-                    packets_forwarded: stats.packets_forwarded,
-                    bytes_forwarded: stats.bytes_forwarded,
-                    dropped: stats.dropped,
-                });
+                let _ = reply.send(relay.status(opts.listen));
             }
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
         }
     };
-    control.shutdown();
-    while let Some(t) = control.poll_transmit() {
+    relay.shutdown();
+    while let Some(t) = relay.poll_transmit() {
         let _ = socket.send_to(&t.payload, t.dst).await;
     }
     let _ = std::fs::remove_file(opts.state.socket());

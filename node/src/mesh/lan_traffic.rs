@@ -124,6 +124,7 @@ impl Mesh {
     /// The groups each peer with a tunnel reported.
     #[cfg(test)]
     pub fn lan_peer_groups(&self, now: Instant) -> Vec<(String, Option<Vec<Ipv4Addr>>)> {
+        crate::wg_clock::set(now);
         self.slots
             .iter()
             .flatten()

@@ -50,6 +50,16 @@ pub trait Io {
     fn write_tun(&mut self, packet: &[u8]);
 }
 
+impl Io for lanmesh_proto::outbox::Outbox {
+    fn send_udp(&mut self, dst: SocketAddr, datagram: &[u8]) {
+        lanmesh_proto::outbox::Outbox::send_udp(self, dst, datagram)
+    }
+
+    fn write_tun(&mut self, packet: &[u8]) {
+        lanmesh_proto::outbox::Outbox::write_tun(self, packet)
+    }
+}
+
 /// Keepalive interval that holds NAT and conntrack mappings open (Linux forgets idle UDP
 /// flows after 30 s).
 pub const KEEPALIVE_SECS: u16 = 25;
@@ -224,6 +234,7 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new(private: StaticSecret, config: MeshConfig, now: Instant) -> Mesh {
+        crate::wg_clock::set(now);
         let public = x25519_dalek::PublicKey::from(&private);
         let clock = WallClock::new(now, config.wall_ns);
         let mut rng = StdRng::seed_from_u64(config.seed);
@@ -269,6 +280,7 @@ impl Mesh {
 
     /// The relays the coordinator lists.
     pub fn set_relays(&mut self, now: Instant, relays: Vec<RelayInfo>) {
+        crate::wg_clock::set(now);
         self.relays.set_relays(now, relays);
     }
 
@@ -334,6 +346,7 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) {
+        crate::wg_clock::set(now);
         let Some(dst) = ipv4_destination(packet) else {
             return; // IPv6 and junk: no IPv6 mesh addresses yet.
         };
@@ -398,6 +411,7 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) {
+        crate::wg_clock::set(now);
         let packet = match self
             .rate_limiter
             .verify_packet(Some(src.ip()), datagram, scratch)
@@ -491,6 +505,7 @@ impl Mesh {
 
     /// Drives WireGuard's timers (call every ~250 ms) and reports peers coming up or down.
     pub fn tick(&mut self, now: Instant, scratch: &mut [u8], io: &mut impl Io) {
+        crate::wg_clock::set(now);
         self.rate_limiter.reset_count();
         self.announce_groups(now, scratch, io);
         for peer in self.slots.iter_mut().flatten() {
@@ -533,6 +548,7 @@ impl Mesh {
     }
 
     pub fn peers(&self, now: Instant) -> Vec<PeerView> {
+        crate::wg_clock::set(now);
         let idle = self
             .known
             .values()

@@ -81,6 +81,7 @@ impl Mesh {
     /// Brings the peer set in line with the coordinator's map (relays are taken out by the
     /// caller). Entries that make no sense are refused and logged. No tunnel is built here.
     pub fn apply_peer_map(&mut self, now: Instant, peers: Vec<PeerInfo>) {
+        crate::wg_clock::set(now);
         let mut keys = HashSet::new();
         let mut ips = HashSet::new();
         let mut wanted: HashMap<PublicKey, PeerInfo> = HashMap::new();

@@ -74,6 +74,7 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) {
+        crate::wg_clock::set(now);
         self.probe_from(now, src, None, datagram, scratch, io);
     }
 
@@ -205,6 +206,7 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) -> Result<(Transaction, String, Via), PingError> {
+        crate::wg_clock::set(now);
         let key = self
             .known
             .values()
@@ -274,6 +276,7 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) {
+        crate::wg_clock::set(now);
         if !self.known.contains_key(key) {
             // The peer asked before our map shows it (the map comes within a moment): punch
             // as soon as it does.
@@ -291,6 +294,7 @@ impl Mesh {
 
     /// Our public endpoint changed: every path may be gone, so probe them all again.
     pub fn network_changed(&mut self, now: Instant) {
+        crate::wg_clock::set(now);
         for peer in self.slots.iter_mut().flatten() {
             peer.paths.network_changed(now);
         }
@@ -315,6 +319,7 @@ impl Mesh {
         io: &mut impl Io,
         request_punch: &mut impl FnMut(PublicKey),
     ) {
+        crate::wg_clock::set(now);
         match self
             .relays
             .handle_timeout(now, &mut |dst, d| io.send_udp(dst, d))

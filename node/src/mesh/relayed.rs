@@ -20,6 +20,7 @@ impl Mesh {
         scratch: &mut [u8],
         io: &mut impl Io,
     ) {
+        crate::wg_clock::set(now);
         if !self.relays.is_relay(src) {
             return self.dropped(now, format_args!("relay frame from a non-relay {src}"));
         }
