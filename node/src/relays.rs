@@ -22,6 +22,10 @@ const BIND_TIMEOUT: Duration = Duration::from_secs(1);
 const FIRST_BIND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Misses in a row after which a relay counts as dead (its binds keep going, at 1 s).
 const MAX_MISSES: u32 = 2;
+/// Binds whose answer is still accepted after they timed out (a relay farther away than a
+/// timeout is slow, not dead), and for how long.
+const LATE_ANSWERS: usize = 4;
+const LATE_ANSWER_WINDOW: Duration = Duration::from_secs(5);
 /// Another relay must be this much nearer (ratio, percent) to take over as home.
 const SWITCH_PERCENT: u128 = 70;
 
@@ -44,6 +48,8 @@ struct Relay {
     info: RelayInfo,
     bind_key: BindKey,
     pending: Option<(u64, Instant)>,
+    /// Binds that timed out, newest last: their answers still count.
+    late: std::collections::VecDeque<(u64, Instant)>,
     misses: u32,
     session: Option<Session>,
     rtt: Option<Duration>,
@@ -109,6 +115,7 @@ impl RelayClient {
                     bind_key: BindKey::derive(&self.secret, &self.me, &info.key),
                     info,
                     pending: None,
+                    late: std::collections::VecDeque::new(),
                     misses: 0,
                     session: None,
                     rtt: None,
@@ -160,7 +167,10 @@ impl RelayClient {
             if let Some((_, sent)) = self.relays[i].pending {
                 let r = &mut self.relays[i];
                 if now >= sent + r.bind_timeout() {
-                    r.pending = None;
+                    if r.late.len() == LATE_ANSWERS {
+                        r.late.pop_front();
+                    }
+                    r.late.extend(r.pending.take());
                     r.misses += 1;
                     // Ask again at once: one lost bind is no verdict, and a relay not (yet)
                     // answering is checked every second (every 250 ms before its first
@@ -198,10 +208,19 @@ impl RelayClient {
         let i = self.relays.iter().position(|r| r.info.addr == src)?;
         let r = &mut self.relays[i];
         let bound = r.bind_key.open_bound(frame)?;
-        let (ts, sent) = r.pending?;
-        if bound.timestamp != ts {
-            return None;
-        }
+        r.late
+            .retain(|(_, sent)| now.saturating_duration_since(*sent) < LATE_ANSWER_WINDOW);
+        // The answer to the pending bind, or a late one to a bind that timed out: found by
+        // the simulator — with a timeout shorter than the round trip (250 ms before the
+        // first answer), a relay farther away than that was never used.
+        let sent = match r.pending {
+            Some((ts, sent)) if ts == bound.timestamp => sent,
+            _ => {
+                let i = r.late.iter().position(|(ts, _)| *ts == bound.timestamp)?;
+                r.late.remove(i)?.1
+            }
+        };
+        r.late.clear();
         r.pending = None;
         r.misses = 0;
         r.rtt = Some(now.saturating_duration_since(sent));
@@ -445,6 +464,23 @@ mod tests {
             "{} binds to the new home in 6 s",
             r1_binds.len()
         );
+    }
+
+    #[test]
+    fn a_relay_farther_than_the_bind_timeout_is_used() {
+        let t0 = Instant::now();
+        let mut c = client();
+        let (info, _) = relay_info(0);
+        c.set_relays(t0, vec![info.clone()]);
+        let first = binds(&mut c, t0);
+        // The first bind times out and is sent again before its answer comes back...
+        let t1 = t0 + FIRST_BIND_TIMEOUT;
+        assert_eq!(binds(&mut c, t1).len(), 1);
+        // ...which still counts, 400 ms after the bind.
+        let t2 = t0 + Duration::from_millis(400);
+        let change = c.handle_bound(t2, info.addr, &answer(0, &first[0].1, 1));
+        assert!(matches!(change, Some(HomeChange::Now(_))), "{change:?}");
+        assert_eq!(c.latencies()[0].1, Some(Duration::from_millis(400)));
     }
 
     #[test]

@@ -33,6 +33,7 @@
 
 pub mod attack;
 pub mod mesh;
+pub mod sim;
 pub mod tool_opts;
 pub mod udp;
 

@@ -448,11 +448,6 @@ impl Mesh {
                 // genuine; a cookie (3) means it was only rate limited.
                 let genuine = b.first() != Some(&3);
                 io.send_udp(src, b);
-                // Packets queued while the handshake ran go out now.
-                while let TunnResult::WriteToNetwork(b) = peer.tunn.decapsulate(None, &[], scratch)
-                {
-                    io.send_udp(src, b);
-                }
                 genuine
             }
             TunnResult::WriteToTunnelV4(inner, inner_src) => {
@@ -478,6 +473,16 @@ impl Mesh {
                 false
             }
         };
+        if authenticated && peer.session_alive() {
+            // Packets queued while the handshake ran go out now — but only once a session is
+            // current: asked earlier (say, right after answering the peer's crossing
+            // initiation), boringtun starts yet another handshake, which voids the one the
+            // peer is answering (found by the simulator: the first packet took 3 round trips
+            // more).
+            while let TunnResult::WriteToNetwork(b) = peer.tunn.decapsulate(None, &[], scratch) {
+                io.send_udp(src, b);
+            }
+        }
         if authenticated {
             // Roaming: follow the peer to wherever its authenticated packets come from.
             if let Some(won) = peer.paths.on_authenticated_rx(now, src) {

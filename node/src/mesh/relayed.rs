@@ -54,15 +54,7 @@ impl Mesh {
                 if peer.paths.best().is_none() {
                     peer.relayed = true;
                 }
-                let relays = &mut self.relays;
-                transmit(peer, relays, scratch, n, io);
-                while let Some(n) = written(peer.tunn.decapsulate(
-                    None,
-                    &[],
-                    &mut scratch[SEND_HEADER..],
-                )) {
-                    transmit(peer, relays, scratch, n, io);
-                }
+                transmit(peer, &mut self.relays, scratch, n, io);
             }
             TunnResult::WriteToTunnelV4(inner, inner_src) => {
                 if peer.paths.best().is_none() {
@@ -80,6 +72,17 @@ impl Mesh {
                 );
             }
             _ => {}
+        }
+        // Packets queued while the handshake ran, once a session is current (see
+        // `Mesh::handle_datagram`).
+        if peer.session_alive() {
+            while let Some(n) = written(peer.tunn.decapsulate(
+                None,
+                &[],
+                &mut scratch[SEND_HEADER..],
+            )) {
+                transmit(peer, &mut self.relays, scratch, n, io);
+            }
         }
     }
 }
