@@ -15,14 +15,14 @@
 //!
 //! Needs root; skips without it (fails under `CI`).
 
-use lanmesh_e2e::mesh::{assert_ping, Coordinator, Node, Relay, Status, MESH_TIMEOUT};
+use lanmesh_e2e::mesh::{assert_ping, Node, Status, MESH_TIMEOUT};
+use lanmesh_e2e::world::{World, WorldSpec};
 use lanmesh_e2e::{require_root, stderr, stdout, transfer, wait_for, Lab, Nat, Router};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-const COORD_IP: &str = "203.0.113.10";
 const RELAY_IP: &str = "203.0.113.30";
 const RELAY_NAME: &str = "r1";
 /// How long a punchable pair may take to show `"direct"`.
@@ -34,40 +34,27 @@ const NETCHECK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How soon the other nodes must drop a removed node (the coordinator promises 1 s).
 const REMOVAL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The coordinator with a reusable join key, and optionally relay r1.
-struct World {
-    coord: Coordinator,
-    key: String,
-    /// Kept for the record; the lab owns the process.
-    _relay: Option<Relay>,
-}
-
+/// The coordinator with a reusable join key, and optionally relay r1 (no extra STUN server:
+/// the coordinator's second port must be enough).
 fn world(lab: &Lab, with_relay: bool) -> World {
-    let host = lab.add_host("coord", COORD_IP);
-    let coord = Coordinator::start(lab, &host, &[]);
-    let key = coord.create_key(lab, &["--reusable"]);
-    let relay = with_relay.then(|| {
-        let relay_key = coord.create_key(lab, &["--relay"]);
-        let h = lab.add_host("relay", RELAY_IP);
-        let r = Relay::start(lab, &h, RELAY_NAME, &coord.addr, &relay_key, &[]);
-        r.wait_status(lab, MESH_TIMEOUT, "connected to the coordinator", |s| {
-            s.coordinator_connected
-        });
-        r
-    });
-    World {
-        coord,
-        key,
-        _relay: relay,
-    }
+    let relays: &[(&str, &str)] = if with_relay {
+        &[(RELAY_NAME, RELAY_IP)]
+    } else {
+        &[]
+    };
+    World::build(
+        lab,
+        WorldSpec {
+            stun: false,
+            relays,
+        },
+    )
 }
 
 /// Starts node `name` on a new host `.2` behind `router`, on UDP `port`; does not wait.
 fn start_node(lab: &Lab, w: &World, router: &Router, name: &str, port: &str) -> Node {
     let host = lab.add_host_behind(router, name, 2);
-    let mut node = Node::new(lab, &host, name, &w.coord.addr);
-    node.up(lab, Some(&w.key), &["--interface", "lm0", "--port", port]);
-    node
+    w.start_node(lab, &host, name, port, None)
 }
 
 fn wait_joined(lab: &Lab, node: &Node) -> Status {
