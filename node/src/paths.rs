@@ -302,6 +302,11 @@ impl PathFinder {
         tx
     }
 
+    /// When data for this peer was last sent (a packet from the TUN).
+    pub fn last_data_tx(&self) -> Option<Instant> {
+        self.last_data_tx
+    }
+
     /// Data for this peer was sent (a packet from the TUN).
     pub fn on_data_tx(&mut self, now: Instant) {
         self.last_data_tx = Some(now);

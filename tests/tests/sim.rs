@@ -497,8 +497,8 @@ mod sim {
         Ok(())
     }
 
-    /// Thousands of random worlds (`LANMESH_SIM_WORLDS`, default 1000; `LANMESH_SIM_SEED=N`
-    /// replays one): random NATs, LANs, double NATs, latencies, jitter and loss, with and
+    /// Thousands of random worlds (`LANMESH_SIM_WORLDS`; by default 1000 in release builds,
+    /// 200 in debug ones; `LANMESH_SIM_SEED=N` replays one): random NATs, LANs, double NATs, latencies, jitter and loss, with and
     /// without a relay. Every failure names its seed.
     #[test]
     fn random_worlds() {
@@ -508,7 +508,7 @@ mod sim {
                 let n = std::env::var("LANMESH_SIM_WORLDS")
                     .ok()
                     .and_then(|n| n.parse().ok())
-                    .unwrap_or(1000);
+                    .unwrap_or(if cfg!(debug_assertions) { 200 } else { 1000 });
                 (0..n).collect()
             }
         };

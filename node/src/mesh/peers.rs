@@ -213,6 +213,8 @@ impl Mesh {
             no_direct_since: Some(now),
             reported: Path::Connecting,
             groups: PeerGroups::default(),
+            last_initiation: None,
+            quick_retries: 0,
         });
         Some(slot)
     }

@@ -191,7 +191,7 @@ impl Mesh {
                 if !peer.session_alive() {
                     // A handshake may be stuck on a dead address: start one on this path now
                     // rather than after WireGuard's 5 s retry.
-                    self.initiate(slot, true, scratch, io);
+                    self.initiate(now, slot, scratch, io);
                 }
             }
         }
@@ -374,7 +374,7 @@ impl Mesh {
                 if want && !peer.relayed {
                     peer.relayed = true;
                     if !peer.session_alive() {
-                        self.initiate(slot, true, scratch, io);
+                        self.initiate(now, slot, scratch, io);
                     }
                 } else if !has_relay && peer.relayed {
                     peer.relayed = false;
