@@ -34,6 +34,8 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 /// before registering again; doubles up to [`MAX_REJECTED_RETRY`].
 const REJECTED_RETRY: Duration = Duration::from_secs(15);
 const MAX_REJECTED_RETRY: Duration = Duration::from_secs(300);
+/// A punch request brings the next heartbeat forward to this long after the last one.
+const PUNCH_HEARTBEAT_GAP: Duration = Duration::from_secs(2);
 /// How long to wait for a heartbeat's answer before sending another.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Unanswered heartbeats in a row after which the coordinator counts as lost.
@@ -259,9 +261,19 @@ impl ControlClient {
         self.public_endpoint
     }
 
-    /// Asks the coordinator to have this node and `peer` probe each other now.
+    /// Asks the coordinator to have this node and `peer` probe each other now. A path that
+    /// stopped answering may mean our NAT mapping changed: a heartbeat goes out soon too (at
+    /// most every [`PUNCH_HEARTBEAT_GAP`]), so the coordinator sees — and, after its challenge,
+    /// tells peers — where we are now, instead of at the next regular heartbeat (found by the
+    /// simulator: after a router reboot, peers waited up to a heartbeat interval).
     pub fn request_punch(&mut self, peer: PublicKey) {
         self.send(&ToCoordinator::Punch { peer });
+        if let State::Connected(c) = &mut self.state {
+            let last = c.next_heartbeat.checked_sub(c.heartbeat);
+            if let Some(last) = last {
+                c.next_heartbeat = c.next_heartbeat.min(last + PUNCH_HEARTBEAT_GAP);
+            }
+        }
     }
 
     pub fn is_connected(&self) -> bool {

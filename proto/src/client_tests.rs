@@ -619,3 +619,38 @@ fn the_join_key_is_only_sent_until_registered() {
     let incoming = IncomingHello::read(&COORD_SECRET, &hello.payload).unwrap();
     assert_eq!(incoming.hello.join, None);
 }
+
+#[test]
+fn a_punch_request_brings_the_next_heartbeat_forward() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = connected(t0, &accepted(0));
+    sent(&mut c);
+    let ack = ToNode::HeartbeatAck {
+        map_version: 0,
+        endpoint: "198.51.100.1:1".parse().unwrap(),
+        challenge: 0,
+    };
+    to_node(&mut c, &mut s, t0, &ack);
+    let heartbeats = |c: &mut ControlClient, s: &mut Session, at: Instant| {
+        c.handle_timeout(at, WALL);
+        let out = sent(c);
+        out.iter()
+            .filter(|t| matches!(from_node(s, t), ToCoordinator::Heartbeat { .. }))
+            .count()
+    };
+    let t2 = t0 + Duration::from_secs(2);
+    assert_eq!(heartbeats(&mut c, &mut s, t2), 0, "not due yet");
+    c.request_punch(PublicKey([7; 32]));
+    let out = sent(&mut c);
+    assert!(matches!(
+        from_node(&mut s, &out[0]),
+        ToCoordinator::Punch { .. }
+    ));
+    assert_eq!(heartbeats(&mut c, &mut s, t2), 1, "brought forward");
+    to_node(&mut c, &mut s, t2, &ack);
+    // Another punch right away: not before 2 s after that heartbeat.
+    c.request_punch(PublicKey([7; 32]));
+    sent(&mut c);
+    assert_eq!(heartbeats(&mut c, &mut s, t2 + Duration::from_secs(1)), 0);
+    assert_eq!(heartbeats(&mut c, &mut s, t2 + Duration::from_secs(2)), 1);
+}

@@ -37,6 +37,22 @@ use std::time::{Duration, Instant};
 thread_local! {
     /// The latest simulated instant on this thread.
     static CLOCK_FLOOR: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    /// The running simulation's start, for log lines.
+    static SIM_START: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Log lines carry the simulated time since the simulation started (`12.345s`).
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let now = CLOCK_FLOOR.with(|f| f.get());
+        let start = SIM_START.with(|f| f.get());
+        match (now, start) {
+            (Some(now), Some(start)) => write!(w, "{:>9.3}s", (now - start).as_secs_f64()),
+            _ => write!(w, "{:>10}", "-"),
+        }
+    }
 }
 
 /// The wall clock at a simulation's start (2026-12-01), so a run does not depend on the day.
@@ -142,6 +158,8 @@ impl Sim {
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_timer(SimTime)
+                .with_ansi(false)
                 .with_test_writer()
                 .try_init();
         }
@@ -159,6 +177,8 @@ impl Sim {
         let now = CLOCK_FLOOR
             .with(|f| f.get())
             .map_or(Instant::now(), |f| f.max(Instant::now()));
+        CLOCK_FLOOR.with(|f| f.set(Some(now)));
+        SIM_START.with(|f| f.set(Some(now)));
         Sim {
             now,
             base: now,
