@@ -7,7 +7,7 @@ use crate::lan::{igmp, LanConfig};
 use crate::mesh::SCRATCH_LEN;
 use crate::name_service::NameService;
 use crate::names::Backend;
-use crate::netconf;
+use crate::netconf::{self, Netlink};
 use crate::node_state::{Command, NodeConfig, NodeState};
 use anyhow::{bail, Context};
 use lanmesh_common::local_api;
@@ -52,6 +52,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     }
     opts.state.create()?;
     let private = opts.state.private_key()?;
+    let net = Netlink::open()?;
     let udp = bind_socket(opts.port)?;
     let port = udp.local_addr()?.port();
     let listener = local_api::listen(&opts.state.socket(), "node")?;
@@ -65,8 +66,8 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let target = coordinator_target(&opts.coordinator);
     let coordinator = tokio::select! {
         a = resolve(&target) => a,
-        _ = sigterm.recv() => return cleanup(&opts.state, None),
-        _ = sigint.recv() => return cleanup(&opts.state, None),
+        _ = sigterm.recv() => return cleanup(&opts.state, None, None).await,
+        _ = sigint.recv() => return cleanup(&opts.state, None, None).await,
     };
     let trust = match (&opts.auth_key, opts.state.pinned_coordinator()?) {
         (Some(k), _) => Trust::JoinKey(k.coordinator),
@@ -98,6 +99,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         tun: None,
         floor: &mut floor,
         names: NameService::start(opts.dns, &opts.interface),
+        net,
     };
     let (mut calls, mut next_call) = (HashMap::<u64, oneshot::Sender<Response>>::new(), 0u64);
     let (mut rx_buf, mut tun_buf, mut dns_buf) = (
@@ -163,7 +165,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     while let Some(t) = node.poll_transmit() {
         let _ = udp.send_to(&t.payload, t.dst).await;
     }
-    cleanup(&opts.state, os.tun.take())?;
+    cleanup(&opts.state, os.tun.take(), Some(&os.net)).await?;
     result
 }
 
@@ -174,6 +176,7 @@ struct Os<'a> {
     tun: Option<tun_rs::AsyncDevice>,
     floor: &'a mut StampFloor,
     names: NameService,
+    net: Netlink,
 }
 
 impl Os<'_> {
@@ -188,12 +191,12 @@ impl Os<'_> {
                 }
                 Command::CreateInterface(placement) => {
                     let device = netconf::create_tun(iface)?;
-                    netconf::set_address(iface, None, &placement)?;
-                    netconf::install_routes(iface, &placement)?;
+                    self.net.set_address(iface, None, &placement).await?;
+                    self.net.install_routes(iface, &placement).await?;
                     info!(interface = %iface, "mesh interface up");
                     self.tun = Some(device);
                 }
-                Command::MoveInterface { old, new } => netconf::replace(iface, &old, &new)?,
+                Command::MoveInterface { old, new } => self.net.replace(iface, &old, &new).await?,
                 Command::AttachNames { mesh_ip, domain } => {
                     self.names.attach(mesh_ip, &domain).await
                 }
@@ -291,10 +294,16 @@ fn bind_socket(port: u16) -> anyhow::Result<UdpSocket> {
     Ok(UdpSocket::from_std(socket.into())?)
 }
 
-fn cleanup(state: &StateDir, tun: Option<tun_rs::AsyncDevice>) -> anyhow::Result<()> {
+async fn cleanup(
+    state: &StateDir,
+    tun: Option<tun_rs::AsyncDevice>,
+    net: Option<&Netlink>,
+) -> anyhow::Result<()> {
     if tun.is_some() {
         drop(tun); // Closing the TUN removes the interface and its routes.
-        netconf::remove_rules();
+        if let Some(net) = net {
+            net.remove_rules().await;
+        }
         info!("mesh interface removed");
     }
     let _ = std::fs::remove_file(state.socket());

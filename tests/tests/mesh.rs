@@ -318,13 +318,35 @@ fn three_nodes_mesh() {
         |s| s.peer("c").is_some_and(|p| p.tx_bytes >= TRANSFER_BYTES),
     );
 
-    // Restart b: `node down` ends the daemon quickly and removes the interface; `node up`
-    // with the same state dir gets the same mesh IP back.
+    // The node put its address, routes and rules in place through netlink as documented
+    // (LAN broadcast is on by default: the interface looks like a LAN).
     let b = &mut nodes[1];
     assert!(
         lab.has_interface(&b.host.ns, "lm0"),
         "b has no interface lm0"
     );
+    let show = |args: &[&str]| stdout(&lab.exec(&b.host.ns, "ip", args));
+    let addr = show(&["-4", "addr", "show", "dev", "lm0"]);
+    assert!(
+        addr.contains(&format!("inet {}/10 brd 100.127.255.255", ips[1]))
+            && addr.contains("noprefixroute"),
+        "lm0 of b: {addr}"
+    );
+    let table = show(&["-4", "route", "show", "table", "5252"]);
+    for dst in ["100.64.0.0/10 dev lm0", "255.255.255.255 dev lm0", "224.0.0.0/4 dev lm0"] {
+        assert!(table.contains(dst), "table 5252 of b lacks {dst}: {table}");
+    }
+    let rules = show(&["-4", "rule", "show"]);
+    for rule in [
+        "5250:\tfrom all fwmark 0x4c4d lookup main",
+        "5260:\tfrom all lookup main suppress_prefixlength 0",
+        "5270:\tfrom all lookup 5252",
+    ] {
+        assert!(rules.contains(rule), "b's rules lack {rule:?}: {rules}");
+    }
+
+    // Restart b: `node down` ends the daemon quickly and removes the interface and its rules;
+    // `node up` with the same state dir gets the same mesh IP back.
     let started = Instant::now();
     let (exit, out) = b.down(&lab, Duration::from_secs(3));
     assert!(
@@ -342,6 +364,11 @@ fn three_nodes_mesh() {
     wait_until(Duration::from_secs(2), "lm0 of b to be removed", || {
         !lab.has_interface(&b.host.ns, "lm0")
     });
+    let rules = stdout(&lab.exec(&b.host.ns, "ip", ["-4", "rule", "show"]));
+    assert!(
+        !rules.contains("5250:") && !rules.contains("5270:"),
+        "b's rules outlived it: {rules}"
+    );
     b.up(&lab, Some(&key), &["--interface", "lm0"]);
     let sb = b.wait_peers(&lab, 2, MESH_TIMEOUT);
     assert_eq!(sb.mesh_ip, ips[1], "b got another mesh IP after a restart");
