@@ -115,6 +115,8 @@ pub struct PathFinder {
     last_rx_from_best: Option<Instant>,
     last_data_tx: Option<Instant>,
     last_punch_request: Option<Instant>,
+    /// What [`PathFinder::poll_action`] hands out.
+    actions: std::collections::VecDeque<PathAction>,
     /// Traffic is waiting and the peer should punch with us: ask the coordinator.
     punch_wanted: bool,
     /// The mesh network (no candidate lies inside it).
@@ -135,6 +137,7 @@ impl PathFinder {
             last_rx_from_best: None,
             last_data_tx: None,
             last_punch_request: None,
+            actions: std::collections::VecDeque::new(),
             punch_wanted: false,
             mesh,
         }
@@ -228,8 +231,14 @@ impl PathFinder {
         c.kind == CandidateKind::Public || self.best.is_some_and(|b| b.addr == c.addr)
     }
 
-    /// Sends due pings and checks the path's health.
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut impl FnMut(PathAction)) {
+    /// What the path finder wants done next (pings, a coordinated punch), after
+    /// [`PathFinder::handle_timeout`].
+    pub fn poll_action(&mut self) -> Option<PathAction> {
+        self.actions.pop_front()
+    }
+
+    /// Queues due pings and checks the path's health.
+    pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(mut p) = self.punch {
             let mut due = false;
             while p.round < ROUNDS_MS.len()
@@ -246,7 +255,7 @@ impl PathFinder {
                     }
                     let verified = self.verified(&c);
                     let tx = self.remember(c.addr, now);
-                    out(PathAction::Ping {
+                    self.actions.push_back(PathAction::Ping {
                         addr: c.addr,
                         tx,
                         verified,
@@ -266,9 +275,9 @@ impl PathFinder {
         if self.needs_punch(now) {
             self.punch_wanted = false;
             self.last_punch_request = Some(now);
-            out(PathAction::RequestPunch);
+            self.actions.push_back(PathAction::RequestPunch);
             self.start_punch(now);
-            self.handle_timeout(now, out);
+            self.handle_timeout(now);
         }
     }
 
@@ -457,9 +466,8 @@ mod tests {
     }
 
     fn run(f: &mut PathFinder, now: Instant) -> Vec<PathAction> {
-        let mut out = Vec::new();
-        f.handle_timeout(now, &mut |a| out.push(a));
-        out
+        f.handle_timeout(now);
+        std::iter::from_fn(|| f.poll_action()).collect()
     }
 
     fn pings(actions: &[PathAction]) -> Vec<(SocketAddr, Transaction)> {

@@ -3,6 +3,7 @@
 //! tells whether our NAT's mapping varies by destination: a symmetric NAT, which cannot be
 //! hole-punched against a port-restricted or symmetric peer.
 
+use lanmesh_proto::outbox::{Outbox, Transmit};
 use lanmesh_proto::stun::{self, Message, TransactionId, REQUEST_LEN};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub struct StunClient {
     next_round: Instant,
     seed: [u8; 8],
     counter: u32,
+    out: Outbox,
 }
 
 impl StunClient {
@@ -38,6 +40,7 @@ impl StunClient {
             next_round: now,
             seed,
             counter: 0,
+            out: Outbox::default(),
         }
     }
 
@@ -66,8 +69,8 @@ impl StunClient {
         Some(retry.map_or(self.next_round, |r| r.min(self.next_round)))
     }
 
-    /// Sends due requests through `send`.
-    pub fn handle_timeout(&mut self, now: Instant, send: &mut impl FnMut(SocketAddr, &[u8])) {
+    /// Queues due requests (see [`StunClient::poll_transmit`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
         if now >= self.next_round {
             self.next_round = now + INTERVAL;
             for i in 0..self.servers.len() {
@@ -90,9 +93,17 @@ impl StunClient {
                 p.sent_at = now;
                 let mut buf = [0u8; REQUEST_LEN];
                 let n = stun::write_request(&p.tx, &mut buf);
-                send(*server, &buf[..n]);
+                self.out.send_udp(*server, &buf[..n]);
             }
         }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.poll_transmit()
+    }
+
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        self.out.recycle(buffer)
     }
 
     fn fresh_tx(&mut self) -> TransactionId {
@@ -134,6 +145,12 @@ impl StunClient {
 mod tests {
     use super::*;
 
+    fn sent(c: &mut StunClient) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::iter::from_fn(|| c.poll_transmit())
+            .map(|t| (t.dst, t.payload))
+            .collect()
+    }
+
     fn answer(req: &[u8], mapped: &str) -> Vec<u8> {
         let Some(Message::BindingRequest(tx)) = stun::parse(req) else {
             panic!("not a request")
@@ -149,8 +166,8 @@ mod tests {
         let s2: SocketAddr = "203.0.113.20:3478".parse().unwrap();
         let t0 = Instant::now();
         let mut c = StunClient::new(vec![s1, s2], t0, [1; 8]);
-        let mut sent = Vec::new();
-        c.handle_timeout(t0, &mut |dst, d| sent.push((dst, d.to_vec())));
+        c.handle_timeout(t0);
+        let sent = sent(&mut c);
         assert_eq!(sent.len(), 2);
         let to = |server| &sent.iter().find(|(dst, _)| *dst == server).unwrap().1;
         assert_eq!(c.mapping_varies(None), None);
@@ -171,8 +188,8 @@ mod tests {
         let s1: SocketAddr = "203.0.113.10:3478".parse().unwrap();
         let t0 = Instant::now();
         let mut c = StunClient::new(vec![s1], t0, [1; 8]);
-        let mut sent = Vec::new();
-        c.handle_timeout(t0, &mut |dst, d| sent.push((dst, d.to_vec())));
+        c.handle_timeout(t0);
+        let sent = sent(&mut c);
         c.handle_datagram(s1, &answer(&sent[0].1, "198.51.100.1:1000"));
         assert_eq!(
             c.mapping_varies(Some("198.51.100.1:1000".parse().unwrap())),
@@ -188,11 +205,13 @@ mod tests {
         let mut n = 0;
         let mut now = t0;
         while now < t0 + Duration::from_secs(29) {
-            c.handle_timeout(now, &mut |_, _| n += 1);
+            c.handle_timeout(now);
+            n += sent(&mut c).len() as u32;
             now = c.poll_timeout().unwrap();
         }
         assert_eq!(n, TRIES);
-        c.handle_timeout(t0 + INTERVAL, &mut |_, _| n += 1);
+        c.handle_timeout(t0 + INTERVAL);
+        n += sent(&mut c).len() as u32;
         assert_eq!(n, TRIES + 1);
     }
 }

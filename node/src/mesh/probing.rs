@@ -339,8 +339,8 @@ impl Mesh {
             };
             let key = peer.info.public_key;
             actions.clear();
-            peer.paths
-                .handle_timeout(now, &mut |action| actions.push(action));
+            peer.paths.handle_timeout(now);
+            actions.extend(std::iter::from_fn(|| peer.paths.poll_action()));
             for action in &actions {
                 match *action {
                     PathAction::Ping { addr, tx, verified } => {

@@ -257,9 +257,7 @@ impl NodeState {
         if self.control.poll_timeout().is_some_and(|t| now >= t) {
             self.control.handle_timeout(now, wall);
         }
-        let out = &mut self.out;
-        self.stun
-            .handle_timeout(now, &mut |dst, d| out.send_udp(dst, d));
+        self.stun.handle_timeout(now);
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.mesh.tick(now, &mut self.scratch, &mut self.out);
@@ -351,9 +349,14 @@ impl NodeState {
         self.replies.pop_front()
     }
 
+    /// Moves what the control and STUN clients want sent into the node's queue.
     fn drain_control(&mut self) {
         while let Some(t) = self.control.poll_transmit() {
             self.out.send_udp(t.dst, &t.payload);
+        }
+        while let Some(t) = self.stun.poll_transmit() {
+            self.out.send_udp(t.dst, &t.payload);
+            self.stun.recycle(t.payload);
         }
     }
 
