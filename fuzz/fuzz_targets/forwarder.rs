@@ -386,10 +386,10 @@ fuzz_target!(|input: &[u8]| {
             continue; // A real socket read never hands over more than the buffer.
         }
         buf[..datagram.len()].copy_from_slice(&datagram);
-        let mut out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-        fwd.handle_datagram(now, src, &mut buf, datagram.len(), &mut |dst, d| {
-            out.push((dst, d.to_vec()))
-        });
+        fwd.handle_datagram(now, src, &mut buf, datagram.len());
+        let out: Vec<(SocketAddr, Vec<u8>)> = std::iter::from_fn(|| fwd.poll_transmit())
+            .map(|t| (t.dst, t.payload))
+            .collect();
         check(&mut model, now, src, &datagram, &out, tiny_rate);
         history.push(datagram);
     }

@@ -29,7 +29,7 @@
 #![no_main]
 use lanmesh_fuzz::{addr, public, seed, static_secret, step_ms, Records, A, B, C, RELAY};
 use lanmesh_node::demux::{route, Route};
-use lanmesh_node::mesh::{Io, Mesh, MeshConfig, SCRATCH_LEN};
+use lanmesh_node::mesh::{Mesh, MeshConfig, SCRATCH_LEN};
 use lanmesh_node::relays::RelayInfo;
 use lanmesh_proto::header::ControlKind;
 use lanmesh_proto::messages::{Candidates, PeerInfo, Role};
@@ -50,13 +50,15 @@ struct Recorder {
     tun: Vec<Vec<u8>>,
 }
 
-impl Io for Recorder {
-    fn send_udp(&mut self, dst: SocketAddr, datagram: &[u8]) {
-        self.udp.push((dst, datagram.to_vec()));
+/// Moves what `mesh` queued into `io`.
+fn drain_into(mesh: &mut Mesh, io: &mut Recorder) {
+    while let Some(t) = mesh.poll_transmit() {
+        io.udp.push((t.dst, t.payload));
     }
-    fn write_tun(&mut self, packet: &[u8]) {
-        self.tun.push(packet.to_vec());
+    while let Some(p) = mesh.poll_tun_write() {
+        io.tun.push(p);
     }
+    while mesh.poll_punch_request().is_some() {}
 }
 
 /// The wall clock at the start (ns since the epoch; 2023-11-14).
@@ -183,11 +185,12 @@ fn dispatch(
     io: &mut Recorder,
 ) {
     match route(d) {
-        Route::WireGuard => mesh.handle_datagram(now, src, d, s, io),
-        Route::Probe => mesh.handle_probe(now, src, d, s, io),
-        Route::Relay => mesh.handle_relay_frame(now, src, d, s, io),
+        Route::WireGuard => mesh.handle_datagram(now, src, d, s),
+        Route::Probe => mesh.handle_probe(now, src, d, s),
+        Route::Relay => mesh.handle_relay_frame(now, src, d, s),
         Route::Control | Route::Stun | Route::Drop => {}
     }
+    drain_into(mesh, io);
 }
 
 struct World {
@@ -407,10 +410,11 @@ fuzz_target!(|input: &[u8]| {
     for r in Records::new(records) {
         w.now += Duration::from_millis(step_ms(r.dt));
         w.collect();
-        w.mesh.tick(w.now, &mut w.scratch, &mut w.io);
+        w.mesh.tick(w.now, &mut w.scratch);
+        drain_into(&mut w.mesh, &mut w.io);
         if w.mesh.poll_timeout().is_some_and(|t| t <= w.now) {
-            w.mesh
-                .handle_timeout(w.now, &mut w.scratch, &mut w.io, &mut |_| {});
+            w.mesh.handle_timeout(w.now, &mut w.scratch);
+            drain_into(&mut w.mesh, &mut w.io);
         }
         let src = addr(r.src);
         let d = r.data;
@@ -432,9 +436,10 @@ fuzz_target!(|input: &[u8]| {
                 if inner_src == own {
                     c.sent_genuine.push(packet.clone());
                 }
-                c.mesh.tick(now, &mut w.scratch, &mut c.io);
-                c.mesh
-                    .handle_tun_packet(now, &packet, &mut w.scratch, &mut c.io);
+                c.mesh.tick(now, &mut w.scratch);
+                drain_into(&mut c.mesh, &mut c.io);
+                c.mesh.handle_tun_packet(now, &packet, &mut w.scratch);
+                drain_into(&mut c.mesh, &mut c.io);
                 w.exchange(ci, src, 1 + (u8_at(d, 1) >> 1) as usize % 4);
             }
             2 => {
@@ -546,16 +551,14 @@ fuzz_target!(|input: &[u8]| {
                         let dst = mesh_ip(peer_seeds[p]);
                         let packet =
                             ipv4_packet(mesh_ip(seed::NODE_A), dst, d.get(2..).unwrap_or(&[]));
-                        w.mesh
-                            .handle_tun_packet(now, &packet, &mut w.scratch, &mut w.io);
+                        w.mesh.handle_tun_packet(now, &packet, &mut w.scratch);
+                        drain_into(&mut w.mesh, &mut w.io);
                     }
                     1 => {
-                        let _ = w.mesh.ping(
-                            now,
-                            &format!("n{}", peer_seeds[p]),
-                            &mut w.scratch,
-                            &mut w.io,
-                        );
+                        let _ = w
+                            .mesh
+                            .ping(now, &format!("n{}", peer_seeds[p]), &mut w.scratch);
+                        drain_into(&mut w.mesh, &mut w.io);
                         let _ = w.mesh.take_ping_replies();
                     }
                     2 => {
@@ -564,8 +567,8 @@ fuzz_target!(|input: &[u8]| {
                             local: vec![addr(u8_at(d, 2) as usize)],
                         };
                         let key = public(peer_seeds[p]);
-                        w.mesh
-                            .punch(now, &key, &candidates, &mut w.scratch, &mut w.io);
+                        w.mesh.punch(now, &key, &candidates, &mut w.scratch);
+                        drain_into(&mut w.mesh, &mut w.io);
                     }
                     3 => {
                         let bits = u8_at(d, 2);

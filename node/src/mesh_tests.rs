@@ -1,7 +1,7 @@
 //! Two or three [`Mesh`]es wired together in memory: real boringtun handshakes and sealing,
-//! with an [`Io`] that records what would go to the socket and the TUN.
+//! with a recorder of what each queued for the socket and the TUN.
 
-use crate::mesh::{Io, Mesh, MeshConfig, Path, SCRATCH_LEN};
+use crate::mesh::{Mesh, MeshConfig, Path, SCRATCH_LEN};
 use lanmesh_proto::header::{classify, PacketClass};
 use lanmesh_proto::messages::{Candidates, PeerInfo, Role};
 use lanmesh_proto::probe::{Probe, ProbeKey};
@@ -16,20 +16,23 @@ struct Recorder {
     tun: Vec<Vec<u8>>,
 }
 
-impl Io for Recorder {
-    fn send_udp(&mut self, dst: SocketAddr, datagram: &[u8]) {
-        self.udp.push((dst, datagram.to_vec()));
-    }
-    fn write_tun(&mut self, packet: &[u8]) {
-        self.tun.push(packet.to_vec());
-    }
-}
-
 struct Host {
     mesh: Mesh,
     io: Recorder,
     addr: SocketAddr,
     info: PeerInfo,
+}
+
+impl Host {
+    /// Moves what the mesh queued into the recorder.
+    fn collect(&mut self) {
+        while let Some(t) = self.mesh.poll_transmit() {
+            self.io.udp.push((t.dst, t.payload));
+        }
+        while let Some(p) = self.mesh.poll_tun_write() {
+            self.io.tun.push(p);
+        }
+    }
 }
 
 fn host(i: u8) -> Host {
@@ -103,12 +106,13 @@ fn pump(hosts: &mut [&mut Host]) {
 fn deliver(h: &mut Host, src: SocketAddr, d: &[u8], scratch: &mut [u8]) {
     let now = Instant::now();
     match classify(d) {
-        PacketClass::WireGuard => h.mesh.handle_datagram(now, src, d, scratch, &mut h.io),
+        PacketClass::WireGuard => h.mesh.handle_datagram(now, src, d, scratch),
         PacketClass::Control if lanmesh_proto::probe::sender(d).is_some() => {
-            h.mesh.handle_probe(now, src, d, scratch, &mut h.io)
+            h.mesh.handle_probe(now, src, d, scratch)
         }
         _ => {}
     }
+    h.collect();
 }
 
 fn know(h: &mut Host, peers: &[&PeerInfo]) {
@@ -125,15 +129,18 @@ fn connect(a: &mut Host, b: &mut Host) {
     send_from_tun(a, &hello);
     pump(&mut [a, b]);
     b.io.tun.clear();
-    a.mesh.tick(Instant::now(), &mut scratch, &mut a.io);
-    b.mesh.tick(Instant::now(), &mut scratch, &mut b.io);
+    a.mesh.tick(Instant::now(), &mut scratch);
+    a.collect();
+    b.mesh.tick(Instant::now(), &mut scratch);
+    b.collect();
     pump(&mut [a, b]);
 }
 
 fn send_from_tun(h: &mut Host, packet: &[u8]) {
     let mut scratch = vec![0u8; SCRATCH_LEN];
     h.mesh
-        .handle_tun_packet(Instant::now(), packet, &mut scratch, &mut h.io);
+        .handle_tun_packet(Instant::now(), packet, &mut scratch);
+    h.collect();
 }
 
 #[test]
@@ -169,12 +176,8 @@ fn strangers_get_no_answer() {
     know(&mut stranger, &[&b.info]);
     let knock = ipv4_packet(stranger.info.mesh_ip, b.info.mesh_ip, b"let me in");
     send_from_tun(&mut stranger, &knock);
-    let mut punches = Vec::new();
-    stranger
-        .mesh
-        .handle_timeout(Instant::now(), &mut scratch, &mut stranger.io, &mut |k| {
-            punches.push(k)
-        });
+    stranger.mesh.handle_timeout(Instant::now(), &mut scratch);
+    stranger.collect();
     assert!(
         !stranger.io.udp.is_empty(),
         "the stranger sent a handshake and probes"
@@ -188,15 +191,11 @@ fn strangers_get_no_answer() {
         stranger.addr,
         &[4, 0, 0, 0, 1, 2, 3],
         &mut scratch,
-        &mut b.io,
     );
-    b.mesh.handle_datagram(
-        Instant::now(),
-        stranger.addr,
-        &[1, 0, 0, 0],
-        &mut scratch,
-        &mut b.io,
-    );
+    b.collect();
+    b.mesh
+        .handle_datagram(Instant::now(), stranger.addr, &[1, 0, 0, 0], &mut scratch);
+    b.collect();
     assert!(b.io.udp.is_empty());
 }
 
@@ -226,8 +225,8 @@ fn roaming_follows_authenticated_packets_only() {
             13, 14, 15, 16,
         ],
         &mut scratch,
-        &mut b.io,
     );
+    b.collect();
     assert_eq!(b.mesh.peers(Instant::now())[0].endpoint, Some(a.addr));
     // A genuine packet from a new address while the old one is still live: delivered, but the
     // path stays (no flapping between two working paths).
@@ -235,7 +234,8 @@ fn roaming_follows_authenticated_packets_only() {
     send_from_tun(&mut a, &packet);
     let (_, sealed) = a.io.udp.pop().unwrap();
     b.mesh
-        .handle_datagram(Instant::now(), elsewhere, &sealed, &mut scratch, &mut b.io);
+        .handle_datagram(Instant::now(), elsewhere, &sealed, &mut scratch);
+    b.collect();
     assert_eq!(b.io.tun, vec![packet]);
     assert_eq!(b.mesh.peers(Instant::now())[0].endpoint, Some(a.addr));
     // Once the old address has been quiet for a while, genuine packets from the new one move
@@ -245,7 +245,8 @@ fn roaming_follows_authenticated_packets_only() {
     send_from_tun(&mut a, &packet);
     let (_, sealed) = a.io.udp.pop().unwrap();
     b.mesh
-        .handle_datagram(later, elsewhere, &sealed, &mut scratch, &mut b.io);
+        .handle_datagram(later, elsewhere, &sealed, &mut scratch);
+    b.collect();
     assert_eq!(b.io.tun.last(), Some(&packet));
     assert_eq!(b.mesh.peers(later)[0].endpoint, Some(elsewhere));
 }
@@ -293,7 +294,8 @@ fn a_probe_answer_is_exactly_as_large_as_the_probe() {
     let mut scratch = vec![0u8; SCRATCH_LEN];
     let ping = ping_from(&a, &b, 5);
     b.mesh
-        .handle_probe(Instant::now(), a.addr, &ping, &mut scratch, &mut b.io);
+        .handle_probe(Instant::now(), a.addr, &ping, &mut scratch);
+    b.collect();
     assert_eq!(b.io.udp.len(), 1);
     assert_eq!(b.io.udp[0].0, a.addr);
     assert_eq!(b.io.udp[0].1.len(), ping.len());
@@ -306,24 +308,20 @@ fn a_replayed_ping_gets_no_pong_from_anywhere() {
     let mut scratch = vec![0u8; SCRATCH_LEN];
     let ping = ping_from(&a, &b, 1_000);
     let now = Instant::now();
-    b.mesh
-        .handle_probe(now, a.addr, &ping, &mut scratch, &mut b.io);
+    b.mesh.handle_probe(now, a.addr, &ping, &mut scratch);
+    b.collect();
     assert_eq!(b.io.udp.len(), 1);
     b.io.udp.clear();
     for port in 1..50 {
         let src = SocketAddr::from(([198, 51, 100, 9], port));
-        b.mesh
-            .handle_probe(now, src, &ping, &mut scratch, &mut b.io);
+        b.mesh.handle_probe(now, src, &ping, &mut scratch);
+        b.collect();
     }
     assert!(b.io.udp.is_empty(), "{} answers to replays", b.io.udp.len());
     // Nor did the replays become candidates that b punches.
-    let mut punches = Vec::new();
-    b.mesh.handle_timeout(
-        now + Duration::from_secs(5),
-        &mut scratch,
-        &mut b.io,
-        &mut |k| punches.push(k),
-    );
+    b.mesh
+        .handle_timeout(now + Duration::from_secs(5), &mut scratch);
+    b.collect();
     assert!(b
         .io
         .udp
@@ -339,12 +337,12 @@ fn a_ping_without_a_counter_from_an_older_node_gets_a_pong_but_teaches_nothing()
     let now = Instant::now();
     let elsewhere: SocketAddr = "198.51.100.9:4000".parse().unwrap();
     let old = ping_from(&a, &b, 0);
-    b.mesh
-        .handle_probe(now, elsewhere, &old, &mut scratch, &mut b.io);
+    b.mesh.handle_probe(now, elsewhere, &old, &mut scratch);
+    b.collect();
     assert_eq!(b.io.udp.len(), 1, "a pong");
     b.io.udp.clear();
-    b.mesh
-        .handle_timeout(now, &mut scratch, &mut b.io, &mut |_| {});
+    b.mesh.handle_timeout(now, &mut scratch);
+    b.collect();
     assert!(b.io.udp.iter().all(|(dst, _)| *dst != elsewhere));
 }
 
@@ -354,14 +352,12 @@ fn idle_peers_cost_nothing() {
     let peers: Vec<PeerInfo> = (2..=250u8).map(|i| host(i).info).collect();
     a.mesh.apply_peer_map(Instant::now(), peers);
     let mut scratch = vec![0u8; SCRATCH_LEN];
-    a.mesh.tick(Instant::now(), &mut scratch, &mut a.io);
-    let mut punches = Vec::new();
-    a.mesh
-        .handle_timeout(Instant::now(), &mut scratch, &mut a.io, &mut |k| {
-            punches.push(k)
-        });
+    a.mesh.tick(Instant::now(), &mut scratch);
+    a.collect();
+    a.mesh.handle_timeout(Instant::now(), &mut scratch);
+    a.collect();
     assert!(a.io.udp.is_empty());
-    assert!(punches.is_empty());
+    assert_eq!(a.mesh.poll_punch_request(), None);
     assert_eq!(a.mesh.poll_timeout(), None);
     assert!(a.mesh.keepalives().is_empty(), "no tunnels");
     let views = a.mesh.peers(Instant::now());
@@ -379,12 +375,10 @@ fn the_first_packet_builds_the_tunnel_and_asks_for_a_coordinated_punch() {
     assert_eq!(a.io.udp.len(), 1, "a handshake to b's public candidate");
     assert_eq!(a.io.udp[0].0, b.addr);
     let mut scratch = vec![0u8; SCRATCH_LEN];
-    let mut punches = Vec::new();
     let wake = a.mesh.poll_timeout().expect("a punch is wanted");
-    a.mesh
-        .handle_timeout(wake.max(now), &mut scratch, &mut a.io, &mut |k| {
-            punches.push(k)
-        });
+    a.mesh.handle_timeout(wake.max(now), &mut scratch);
+    a.collect();
+    let punches: Vec<PublicKey> = std::iter::from_fn(|| a.mesh.poll_punch_request()).collect();
     assert_eq!(punches, vec![b.info.public_key]);
     assert_eq!(a.mesh.peers(now)[0].path, Path::Connecting);
 }
@@ -409,16 +403,12 @@ fn probes_to_addresses_nobody_verified_are_budgeted_per_address() {
     for i in 0..100u64 {
         let now = t0 + Duration::from_millis(i * 100);
         if i % 20 == 0 {
-            a.mesh.punch(
-                now,
-                &b.info.public_key,
-                &b.info.candidates,
-                &mut scratch,
-                &mut a.io,
-            );
+            a.mesh
+                .punch(now, &b.info.public_key, &b.info.candidates, &mut scratch);
+            a.collect();
         }
-        a.mesh
-            .handle_timeout(now, &mut scratch, &mut a.io, &mut |_| {});
+        a.mesh.handle_timeout(now, &mut scratch);
+        a.collect();
         for (dst, _) in a.io.udp.drain(..) {
             if dst.ip() == std::net::IpAddr::V4(victim) {
                 to_victim += 1;
@@ -479,18 +469,14 @@ fn a_punch_that_comes_before_the_peer_map_is_done_once_the_map_shows_the_peer() 
     let (mut a, b) = (host(1), host(2));
     let mut scratch = vec![0u8; SCRATCH_LEN];
     let now = Instant::now();
-    a.mesh.punch(
-        now,
-        &b.info.public_key,
-        &b.info.candidates,
-        &mut scratch,
-        &mut a.io,
-    );
+    a.mesh
+        .punch(now, &b.info.public_key, &b.info.candidates, &mut scratch);
+    a.collect();
     assert!(a.io.udp.is_empty(), "a does not know b yet");
     know(&mut a, &[&b.info]);
     let wake = a.mesh.poll_timeout().expect("a punch is due");
-    a.mesh
-        .handle_timeout(wake.max(now), &mut scratch, &mut a.io, &mut |_| {});
+    a.mesh.handle_timeout(wake.max(now), &mut scratch);
+    a.collect();
     assert!(
         a.io.udp.iter().any(|(dst, _)| *dst == b.addr),
         "no probe to b after the map showed it"
@@ -504,14 +490,14 @@ fn a_ping_stays_a_replay_after_its_peer_was_dropped_and_listed_again() {
     let mut scratch = vec![0u8; SCRATCH_LEN];
     let now = Instant::now();
     let ping = ping_from(&a, &b, 7_000);
-    b.mesh
-        .handle_probe(now, a.addr, &ping, &mut scratch, &mut b.io);
+    b.mesh.handle_probe(now, a.addr, &ping, &mut scratch);
+    b.collect();
     assert_eq!(b.io.udp.len(), 1);
     b.io.udp.clear();
     b.mesh.apply_peer_map(now, vec![]);
     know(&mut b, &[&a.info]);
-    b.mesh
-        .handle_probe(now, a.addr, &ping, &mut scratch, &mut b.io);
+    b.mesh.handle_probe(now, a.addr, &ping, &mut scratch);
+    b.collect();
     assert!(b.io.udp.is_empty(), "the old ping was answered again");
 }
 
@@ -523,8 +509,8 @@ fn pings_without_a_counter_get_a_few_pongs_only() {
     let now = Instant::now();
     let old = ping_from(&a, &b, 0);
     for _ in 0..50 {
-        b.mesh
-            .handle_probe(now, a.addr, &old, &mut scratch, &mut b.io);
+        b.mesh.handle_probe(now, a.addr, &old, &mut scratch);
+        b.collect();
     }
     assert!(
         b.io.udp.len() <= 4,

@@ -5,6 +5,7 @@
 //! and checking them all as often as the home means a failover never lands on a relay that
 //! died unnoticed. (A mesh has a handful of relays: a few dozen bytes a second each.)
 
+use lanmesh_proto::outbox::{Outbox, Transmit};
 use lanmesh_proto::relay::{BindKey, FrameKey, BIND_LEN};
 use lanmesh_proto::stamp::{Stamps, WallClock};
 use lanmesh_proto::PublicKey;
@@ -79,6 +80,7 @@ pub struct RelayClient {
     stamps: Stamps,
     clock: WallClock,
     rng: StdRng,
+    out: Outbox,
 }
 
 /// What happened to the home relay.
@@ -101,6 +103,7 @@ impl RelayClient {
             stamps: Stamps::new(stamp_floor),
             clock,
             rng: StdRng::seed_from_u64(seed),
+            out: Outbox::default(),
         }
     }
 
@@ -158,11 +161,8 @@ impl RelayClient {
     }
 
     /// Sends due binds and notices dead relays. Returns a change of home, if any.
-    pub fn handle_timeout(
-        &mut self,
-        now: Instant,
-        send: &mut impl FnMut(SocketAddr, &[u8]),
-    ) -> Option<HomeChange> {
+    /// Queues due binds (see [`RelayClient::poll_transmit`]) and notices dead relays.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<HomeChange> {
         for i in 0..self.relays.len() {
             if let Some((_, sent)) = self.relays[i].pending {
                 let r = &mut self.relays[i];
@@ -192,10 +192,15 @@ impl RelayClient {
                     } else {
                         interval
                     };
-                send(r.info.addr, &frame);
+                self.out.send_udp(r.info.addr, &frame);
             }
         }
         self.choose_home()
+    }
+
+    /// The next bind to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.poll_transmit()
     }
 
     /// A Bound answer from `src`. Returns a change of home, if any.
@@ -326,9 +331,14 @@ mod tests {
     }
 
     fn binds(c: &mut RelayClient, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
-        let mut out = Vec::new();
-        c.handle_timeout(now, &mut |a, d| out.push((a, d.to_vec())));
-        out
+        c.handle_timeout(now);
+        drain(c)
+    }
+
+    fn drain(c: &mut RelayClient) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::iter::from_fn(|| c.poll_transmit())
+            .map(|t| (t.dst, t.payload))
+            .collect()
     }
 
     #[test]
@@ -382,8 +392,8 @@ mod tests {
         let mut lost_at = None;
         while now < t0 + Duration::from_secs(20) {
             now = c.poll_timeout().unwrap();
-            let mut out = Vec::new();
-            let change = c.handle_timeout(now, &mut |a, d| out.push((a, d.to_vec())));
+            let change = c.handle_timeout(now);
+            let out = drain(&mut c);
             if change.is_some() {
                 lost_at.get_or_insert(now);
             }
@@ -437,8 +447,7 @@ mod tests {
         let mut now = t1;
         while c.home().unwrap().name == "r0" {
             now = c.poll_timeout().unwrap();
-            let mut out = Vec::new();
-            c.handle_timeout(now, &mut |a, d| out.push((a, d.to_vec())));
+            let out = binds(&mut c, now);
             for (a, d) in out {
                 if a == relay_info(1).0.addr {
                     c.handle_bound(now, a, &answer(1, &d, 2));
@@ -450,8 +459,7 @@ mod tests {
         let until = now + Duration::from_secs(6);
         while now < until {
             now = c.poll_timeout().unwrap();
-            let mut out = Vec::new();
-            c.handle_timeout(now, &mut |a, d| out.push((a, d.to_vec())));
+            let out = binds(&mut c, now);
             for (a, d) in out {
                 if a == relay_info(1).0.addr {
                     r1_binds.push(now);

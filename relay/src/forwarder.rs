@@ -7,6 +7,7 @@
 
 use lanmesh_proto::header::{classify, ControlKind, PacketClass};
 use lanmesh_proto::log_limit::LogLimit;
+use lanmesh_proto::outbox::{Outbox, Transmit};
 use lanmesh_proto::relay::{
     bind_sender, frame_kind, send_to_deliver, BindKey, Bound, FrameKey, SendFrame,
 };
@@ -77,6 +78,7 @@ pub struct Forwarder {
     drops: LogLimit,
     /// Nonces of Bound answers (seeded: a run replays).
     rng: StdRng,
+    out: Outbox,
 }
 
 impl Forwarder {
@@ -93,6 +95,7 @@ impl Forwarder {
             stats: Stats::default(),
             drops: LogLimit::new(5),
             rng: StdRng::seed_from_u64(seed),
+            out: Outbox::default(),
         }
     }
 
@@ -100,6 +103,16 @@ impl Forwarder {
         let mut n = [0u8; 12];
         self.rng.fill_bytes(&mut n);
         n
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.poll_transmit()
+    }
+
+    /// Gives a polled datagram's buffer back.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        self.out.recycle(buffer)
     }
 
     pub fn stats(&self) -> Stats {
@@ -156,46 +169,27 @@ impl Forwarder {
     }
 
     /// Handles the datagram in `buf[..len]` (the buffer is reused to build what is
-    /// forwarded); what to send goes to `out`.
-    pub fn handle_datagram(
-        &mut self,
-        now_ms: u64,
-        src: SocketAddr,
-        buf: &mut [u8],
-        len: usize,
-        out: &mut impl FnMut(SocketAddr, &[u8]),
-    ) {
+    /// forwarded); what to send is queued (see [`Forwarder::poll_transmit`]).
+    pub fn handle_datagram(&mut self, now_ms: u64, src: SocketAddr, buf: &mut [u8], len: usize) {
         let frame = &buf[..len];
         if classify(frame) == PacketClass::Stun {
-            return self.answer_stun(src, frame, out);
+            return self.answer_stun(src, frame);
         }
         match frame_kind(frame) {
-            Some(ControlKind::RelayBind) => self.handle_bind(now_ms, src, buf, len, out),
-            Some(ControlKind::RelaySend) => self.handle_send(now_ms, src, buf, len, out),
+            Some(ControlKind::RelayBind) => self.handle_bind(now_ms, src, buf, len),
+            Some(ControlKind::RelaySend) => self.handle_send(now_ms, src, buf, len),
             _ => self.dropped(now_ms, src, "not a relay frame"),
         }
     }
 
-    fn answer_stun(
-        &mut self,
-        src: SocketAddr,
-        frame: &[u8],
-        out: &mut impl FnMut(SocketAddr, &[u8]),
-    ) {
+    fn answer_stun(&mut self, src: SocketAddr, frame: &[u8]) {
         let mut answer = [0u8; 64];
         if let Some(n) = stun::answer(src, frame, &mut answer) {
-            out(src, &answer[..n]);
+            self.out.send_udp(src, &answer[..n]);
         }
     }
 
-    fn handle_bind(
-        &mut self,
-        now_ms: u64,
-        src: SocketAddr,
-        buf: &[u8],
-        len: usize,
-        out: &mut impl FnMut(SocketAddr, &[u8]),
-    ) {
+    fn handle_bind(&mut self, now_ms: u64, src: SocketAddr, buf: &[u8], len: usize) {
         let frame = &buf[..len];
         // Non-members cost one table lookup.
         let Some(key) = bind_sender(frame) else {
@@ -224,7 +218,7 @@ impl Forwarder {
             let nonce = self.nonce();
             let member = self.members.get(&key).expect("looked up above");
             let frame = member.bind_key.bound(&answer, nonce);
-            return out(src, &frame);
+            return self.out.send_udp(src, &frame);
         }
         let frames = member.bind_key.session_key(timestamp);
         let index = loop {
@@ -259,17 +253,10 @@ impl Forwarder {
                 last_seen_ms: now_ms,
             },
         );
-        out(src, &frame);
+        self.out.send_udp(src, &frame);
     }
 
-    fn handle_send(
-        &mut self,
-        now_ms: u64,
-        src: SocketAddr,
-        buf: &mut [u8],
-        len: usize,
-        out: &mut impl FnMut(SocketAddr, &[u8]),
-    ) {
+    fn handle_send(&mut self, now_ms: u64, src: SocketAddr, buf: &mut [u8], len: usize) {
         let Some(send) = SendFrame::parse(&buf[..len]) else {
             return self.dropped(now_ms, src, "malformed send");
         };
@@ -300,7 +287,7 @@ impl Forwarder {
         };
         self.stats.packets_forwarded += 1;
         self.stats.bytes_forwarded += range.len() as u64;
-        out(dest_addr, &buf[range]);
+        self.out.send_udp(dest_addr, &buf[range]);
     }
 
     /// Drops sessions that went quiet.

@@ -75,12 +75,11 @@ fn feed(
     src: SocketAddr,
     frame: &mut [u8],
 ) -> Vec<(SocketAddr, Vec<u8>)> {
-    let mut out = Vec::new();
     let len = frame.len();
-    f.handle_datagram(now, src, frame, len, &mut |dst, d| {
-        out.push((dst, d.to_vec()))
-    });
-    out
+    f.handle_datagram(now, src, frame, len);
+    std::iter::from_fn(|| f.poll_transmit())
+        .map(|t| (t.dst, t.payload))
+        .collect()
 }
 
 fn forwarder(members: &[&Member]) -> Forwarder {

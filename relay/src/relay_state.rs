@@ -114,9 +114,7 @@ impl RelayState {
             self.control.handle_datagram(now, wall, src, data);
         } else {
             let ms = self.wall_ms(now);
-            let out = &mut self.out;
-            self.forwarder
-                .handle_datagram(ms, src, buf, len, &mut |dst, d| out.send_udp(dst, d));
+            self.forwarder.handle_datagram(ms, src, buf, len);
         }
         self.after_input();
     }
@@ -140,12 +138,16 @@ impl RelayState {
         self.after_input();
     }
 
+    /// The next datagram to send: forwarded frames first, then the control client's.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.poll_transmit()
+        self.forwarder
+            .poll_transmit()
+            .or_else(|| self.out.poll_transmit())
     }
 
+    /// Gives a polled datagram's buffer back (to the forwarder's pool: the hot path).
     pub fn recycle(&mut self, buffer: Vec<u8>) {
-        self.out.recycle(buffer)
+        self.forwarder.recycle(buffer)
     }
 
     pub fn poll_command(&mut self) -> Option<Command> {

@@ -333,7 +333,11 @@ fn three_nodes_mesh() {
         "lm0 of b: {addr}"
     );
     let table = show(&["-4", "route", "show", "table", "5252"]);
-    for dst in ["100.64.0.0/10 dev lm0", "255.255.255.255 dev lm0", "224.0.0.0/4 dev lm0"] {
+    for dst in [
+        "100.64.0.0/10 dev lm0",
+        "255.255.255.255 dev lm0",
+        "224.0.0.0/4 dev lm0",
+    ] {
         assert!(table.contains(dst), "table 5252 of b lacks {dst}: {table}");
     }
     let rules = show(&["-4", "rule", "show"]);

@@ -1,10 +1,11 @@
 //! Broadcast and multicast through the mesh (see [`crate::lan`]): fanning a packet from the
 //! TUN out to the peers that get it, taking peers' packets in, and reporting our groups.
 
-use super::{transmit, written, Io, Mesh, Peer};
+use super::{transmit, written, Mesh, Peer};
 use crate::lan::igmp::{self, REPORTS_GROUP};
 use crate::lan::{Lan, LanConfig, LanCounters, LanDst};
 use lanmesh_proto::log_limit::LogLimit;
+use lanmesh_proto::outbox::Outbox;
 use lanmesh_proto::relay::SEND_HEADER;
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -14,14 +15,7 @@ impl Mesh {
     /// A broadcast or multicast packet from the TUN: a copy to each online peer that gets it,
     /// each sealed for that peer and sent on its path (direct or relayed). Tunnels to idle peers
     /// are built on the way.
-    pub(super) fn fan_out(
-        &mut self,
-        now: Instant,
-        dst: LanDst,
-        packet: &[u8],
-        scratch: &mut [u8],
-        io: &mut impl Io,
-    ) {
+    pub(super) fn fan_out(&mut self, now: Instant, dst: LanDst, packet: &[u8], scratch: &mut [u8]) {
         if igmp::is_igmp(packet) {
             // The kernel's own report of a join or leave on the mesh interface: peers hear
             // our groups from our reports, not from the kernel's.
@@ -59,14 +53,14 @@ impl Mesh {
         }
         for key in &targets {
             if let Some(slot) = self.tunnel_for_traffic(now, key) {
-                self.seal_and_send(now, slot, packet, scratch, io);
+                self.seal_and_send(now, slot, packet, scratch);
             }
         }
         self.fanout = targets;
     }
 
     /// Reports our groups to the peers with a session that are due to hear them.
-    pub(super) fn announce_groups(&mut self, now: Instant, scratch: &mut [u8], io: &mut impl Io) {
+    pub(super) fn announce_groups(&mut self, now: Instant, scratch: &mut [u8]) {
         let Some((own, _)) = self.identity else {
             return;
         };
@@ -83,7 +77,7 @@ impl Mesh {
                 peer.tunn
                     .encapsulate(&report[..n], &mut scratch[SEND_HEADER..]),
             ) {
-                transmit(peer, &mut self.relays, scratch, m, io);
+                transmit(peer, &mut self.relays, scratch, m, &mut self.out);
             }
         }
     }
@@ -148,7 +142,7 @@ pub(super) fn inner_to_tun(
     peer: &mut Peer,
     now: Instant,
     (inner, inner_src): (&[u8], Ipv4Addr),
-    io: &mut impl Io,
+    io: &mut Outbox,
 ) {
     if inner_src != peer.info.mesh_ip {
         if drops.allow(now.saturating_duration_since(epoch).as_millis() as u64) {
@@ -171,7 +165,7 @@ fn receive(
     now: Instant,
     dst: LanDst,
     packet: &[u8],
-    io: &mut impl Io,
+    io: &mut Outbox,
 ) {
     if dst == LanDst::Multicast(REPORTS_GROUP) && igmp::is_igmp(packet) {
         if let Some(groups) = lan.read_report(packet) {

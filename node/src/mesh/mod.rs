@@ -3,8 +3,10 @@
 //! socket are matched to a peer, opened, and written to the TUN only if their inner source is
 //! that peer's mesh IP.
 //!
-//! No IO and no allocation per packet: callers pass a reusable scratch buffer and an [`Io`]
-//! that moves bytes (non-blocking; a full queue drops the packet, as a NIC would).
+//! No IO and no allocation per packet: callers pass a reusable scratch buffer; datagrams to
+//! send and packets for the TUN wait in a queue of pooled buffers ([`Mesh::poll_transmit`],
+//! [`Mesh::poll_tun_write`]; a full queue drops the packet, as a NIC would), and peers that
+//! need a coordinated punch in another ([`Mesh::poll_punch_request`]).
 //!
 //! Tunnels are built lazily: the peer map only says who may be talked to; a peer gets its
 //! `Tunn`, path finder and probe key when there is traffic for it (a packet from the TUN, a
@@ -29,6 +31,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnet::Ipv4Net;
 use lanmesh_proto::log_limit::LogLimit;
 use lanmesh_proto::messages::PeerInfo;
+use lanmesh_proto::outbox::{Outbox, Transmit};
 use lanmesh_proto::probe::ProbeKey;
 use lanmesh_proto::rate::{KeyedLimiter, Rate, TokenBucket};
 use lanmesh_proto::relay::SEND_HEADER;
@@ -43,22 +46,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, trace};
 use x25519_dalek::StaticSecret;
-
-/// Where sealed and opened packets go.
-pub trait Io {
-    fn send_udp(&mut self, dst: SocketAddr, datagram: &[u8]);
-    fn write_tun(&mut self, packet: &[u8]);
-}
-
-impl Io for lanmesh_proto::outbox::Outbox {
-    fn send_udp(&mut self, dst: SocketAddr, datagram: &[u8]) {
-        lanmesh_proto::outbox::Outbox::send_udp(self, dst, datagram)
-    }
-
-    fn write_tun(&mut self, packet: &[u8]) {
-        lanmesh_proto::outbox::Outbox::write_tun(self, packet)
-    }
-}
 
 /// Keepalive interval that holds NAT and conntrack mappings open (Linux forgets idle UDP
 /// flows after 30 s).
@@ -162,7 +149,7 @@ impl Peer {
 
 /// Sends the WireGuard datagram at `scratch[SEND_HEADER..SEND_HEADER + n]` to `peer`: through
 /// the home relay when the peer is relayed, else to its endpoint.
-fn transmit(peer: &Peer, relays: &mut RelayClient, scratch: &mut [u8], n: usize, io: &mut impl Io) {
+fn transmit(peer: &Peer, relays: &mut RelayClient, scratch: &mut [u8], n: usize, io: &mut Outbox) {
     if peer.relayed {
         if let Some((relay, len)) = relays.seal(&peer.info.public_key, scratch, n) {
             io.send_udp(relay, &scratch[..len]);
@@ -242,6 +229,10 @@ pub struct Mesh {
     lan: Lan,
     /// Reused: the peers a LAN packet goes to.
     fanout: Vec<PublicKey>,
+    /// What the mesh wants sent and written to the TUN.
+    out: Outbox,
+    /// Peers that need a coordinated punch (the coordinator arranges it).
+    punch_requests: std::collections::VecDeque<PublicKey>,
 }
 
 impl Mesh {
@@ -283,7 +274,29 @@ impl Mesh {
             epoch: now,
             lan: Lan::new(config.lan, now),
             fanout: Vec::new(),
+            out: Outbox::default(),
+            punch_requests: std::collections::VecDeque::new(),
         }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.poll_transmit()
+    }
+
+    /// The next packet for the TUN.
+    pub fn poll_tun_write(&mut self) -> Option<Vec<u8>> {
+        self.out.poll_tun_write()
+    }
+
+    /// Gives the buffer of a polled datagram or packet back.
+    pub fn recycle(&mut self, buffer: Vec<u8>) {
+        self.out.recycle(buffer)
+    }
+
+    /// The next peer to ask the coordinator for a coordinated punch with.
+    pub fn poll_punch_request(&mut self) -> Option<PublicKey> {
+        self.punch_requests.pop_front()
     }
 
     fn ms(&self, now: Instant) -> u64 {
@@ -323,7 +336,6 @@ impl Mesh {
         addr: SocketAddr,
         verified: bool,
         datagram: &[u8],
-        io: &mut impl Io,
     ) -> bool {
         if !verified {
             let ms = self.ms(now);
@@ -335,26 +347,26 @@ impl Mesh {
                 return false;
             }
         }
-        io.send_udp(addr, datagram);
+        self.out.send_udp(addr, datagram);
         true
     }
 
     /// Starts a handshake with the peer in `slot` now (over its current path), replacing one
     /// in progress.
-    fn initiate(&mut self, now: Instant, slot: usize, scratch: &mut [u8], io: &mut impl Io) {
+    fn initiate(&mut self, now: Instant, slot: usize, scratch: &mut [u8]) {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
         let out = &mut scratch[SEND_HEADER..];
         if let Some(n) = written(peer.tunn.format_handshake_initiation(out, true)) {
             peer.last_initiation = Some(now);
-            transmit(peer, &mut self.relays, scratch, n, io);
+            transmit(peer, &mut self.relays, scratch, n, &mut self.out);
         }
     }
 
     /// Sends the handshake again when data waits for it and the last initiation went
     /// unanswered for [`HANDSHAKE_RETRY`] (a few times; then boringtun retries every 5 s).
-    fn retry_handshake(&mut self, now: Instant, slot: usize, scratch: &mut [u8], io: &mut impl Io) {
+    fn retry_handshake(&mut self, now: Instant, slot: usize, scratch: &mut [u8]) {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
@@ -372,24 +384,18 @@ impl Mesh {
             .is_some_and(|t| now.saturating_duration_since(t) >= HANDSHAKE_RETRY);
         if waiting && has_path && due && peer.quick_retries < QUICK_RETRIES {
             peer.quick_retries += 1;
-            self.initiate(now, slot, scratch, io);
+            self.initiate(now, slot, scratch);
         }
     }
 
     /// A packet read from the TUN.
-    pub fn handle_tun_packet(
-        &mut self,
-        now: Instant,
-        packet: &[u8],
-        scratch: &mut [u8],
-        io: &mut impl Io,
-    ) {
+    pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8], scratch: &mut [u8]) {
         crate::wg_clock::set(now);
         let Some(dst) = ipv4_destination(packet) else {
             return; // IPv6 and junk: no IPv6 mesh addresses yet.
         };
         if let Some(lan_dst) = self.lan.classify(dst) {
-            return self.fan_out(now, lan_dst, packet, scratch, io);
+            return self.fan_out(now, lan_dst, packet, scratch);
         }
         let slot = match self.by_ip.get(&dst) {
             Some(&slot) => slot,
@@ -401,7 +407,7 @@ impl Mesh {
                 None => return self.dropped(now, format_args!("no peer has mesh IP {dst}")),
             },
         };
-        self.seal_and_send(now, slot, packet, scratch, io);
+        self.seal_and_send(now, slot, packet, scratch);
     }
 
     /// The peer's tunnel, for a packet to it. The first packet for an idle peer builds its
@@ -417,14 +423,7 @@ impl Mesh {
     }
 
     /// Seals `packet` for the peer in `slot` and sends it on the peer's path.
-    fn seal_and_send(
-        &mut self,
-        now: Instant,
-        slot: usize,
-        packet: &[u8],
-        scratch: &mut [u8],
-        io: &mut impl Io,
-    ) {
+    fn seal_and_send(&mut self, now: Instant, slot: usize, packet: &[u8], scratch: &mut [u8]) {
         let Some(peer) = self.slots[slot].as_mut() else {
             return;
         };
@@ -437,7 +436,7 @@ impl Mesh {
                     // No session yet: boringtun queued the packet and started a handshake.
                     peer.last_initiation = Some(now);
                 }
-                transmit(peer, &mut self.relays, scratch, n, io);
+                transmit(peer, &mut self.relays, scratch, n, &mut self.out);
             }
             TunnResult::Err(e) => self.dropped(now, format_args!("encapsulate: {e:?}")),
             _ => {}
@@ -451,7 +450,6 @@ impl Mesh {
         src: SocketAddr,
         datagram: &[u8],
         scratch: &mut [u8],
-        io: &mut impl Io,
     ) {
         crate::wg_clock::set(now);
         let packet = match self
@@ -461,7 +459,7 @@ impl Mesh {
             Ok(p) => p,
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 // Under handshake load: a 64-byte cookie, smaller than the 148-byte initiation.
-                io.send_udp(src, cookie);
+                self.out.send_udp(src, cookie);
                 return;
             }
             Err(_) => return self.dropped(now, format_args!("unverified datagram from {src}")),
@@ -489,7 +487,7 @@ impl Mesh {
                 // A handshake response (type 2) or keepalive (4) means the datagram was
                 // genuine; a cookie (3) means it was only rate limited.
                 let genuine = b.first() != Some(&3);
-                io.send_udp(src, b);
+                self.out.send_udp(src, b);
                 genuine
             }
             TunnResult::WriteToTunnelV4(inner, inner_src) => {
@@ -501,7 +499,7 @@ impl Mesh {
                     peer,
                     now,
                     (inner, inner_src),
-                    io,
+                    &mut self.out,
                 );
                 true
             }
@@ -522,7 +520,7 @@ impl Mesh {
             // peer is answering (found by the simulator: the first packet took 3 round trips
             // more).
             while let TunnResult::WriteToNetwork(b) = peer.tunn.decapsulate(None, &[], scratch) {
-                io.send_udp(src, b);
+                self.out.send_udp(src, b);
             }
         }
         if authenticated {
@@ -551,19 +549,19 @@ impl Mesh {
     }
 
     /// Drives WireGuard's timers (call every ~250 ms) and reports peers coming up or down.
-    pub fn tick(&mut self, now: Instant, scratch: &mut [u8], io: &mut impl Io) {
+    pub fn tick(&mut self, now: Instant, scratch: &mut [u8]) {
         crate::wg_clock::set(now);
         self.rate_limiter.reset_count();
-        self.announce_groups(now, scratch, io);
+        self.announce_groups(now, scratch);
         for slot in 0..self.slots.len() {
-            self.retry_handshake(now, slot, scratch, io);
+            self.retry_handshake(now, slot, scratch);
         }
         for peer in self.slots.iter_mut().flatten() {
             if let Some(n) = written(peer.tunn.update_timers(&mut scratch[SEND_HEADER..])) {
                 if scratch[SEND_HEADER] == 1 {
                     peer.last_initiation = Some(now);
                 }
-                transmit(peer, &mut self.relays, scratch, n, io);
+                transmit(peer, &mut self.relays, scratch, n, &mut self.out);
             }
             let path = peer.path(now);
             if path != peer.reported {

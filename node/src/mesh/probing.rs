@@ -1,7 +1,7 @@
 //! Path probes and `node ping`: answering pings, learning paths from pongs, punching, and the
 //! timer that decides between the direct path and the relay.
 
-use super::{kind_name, Io, Mesh, RELAY_AFTER};
+use super::{kind_name, Mesh, RELAY_AFTER};
 use crate::paths::PathAction;
 use crate::relays::HomeChange;
 use lanmesh_proto::messages::Candidates;
@@ -72,10 +72,9 @@ impl Mesh {
         src: SocketAddr,
         datagram: &[u8],
         scratch: &mut [u8],
-        io: &mut impl Io,
     ) {
         crate::wg_clock::set(now);
-        self.probe_from(now, src, None, datagram, scratch, io);
+        self.probe_from(now, src, None, datagram, scratch);
     }
 
     /// A probe that came directly from `src`, or through the relay at `relay`.
@@ -86,7 +85,6 @@ impl Mesh {
         relay: Option<SocketAddr>,
         datagram: &[u8],
         scratch: &mut [u8],
-        io: &mut impl Io,
     ) {
         let Some(sender) = probe::sender(datagram) else {
             return self.dropped(now, format_args!("malformed probe from {src}"));
@@ -144,7 +142,7 @@ impl Mesh {
                     .seal(&me, &Probe::Pong { tx, observed: src }, nonce);
                 match relay {
                     None => {
-                        io.send_udp(src, &pong);
+                        self.out.send_udp(src, &pong);
                         if !legacy {
                             peer.paths.on_ping(now, src);
                         }
@@ -155,7 +153,7 @@ impl Mesh {
                         if let Some((dst, len)) =
                             self.relays.seal(&peer.info.public_key, scratch, pong.len())
                         {
-                            io.send_udp(dst, &scratch[..len]);
+                            self.out.send_udp(dst, &scratch[..len]);
                         }
                     }
                 }
@@ -191,7 +189,7 @@ impl Mesh {
                 if !peer.session_alive() {
                     // A handshake may be stuck on a dead address: start one on this path now
                     // rather than after WireGuard's 5 s retry.
-                    self.initiate(now, slot, scratch, io);
+                    self.initiate(now, slot, scratch);
                 }
             }
         }
@@ -204,7 +202,6 @@ impl Mesh {
         now: Instant,
         target: &str,
         scratch: &mut [u8],
-        io: &mut impl Io,
     ) -> Result<(Transaction, String, Via), PingError> {
         crate::wg_clock::set(now);
         let key = self
@@ -234,7 +231,7 @@ impl Mesh {
                 .relays
                 .seal(&peer.info.public_key, scratch, ping.len())
                 .ok_or_else(|| PingError::NoPath(name.clone()))?;
-            io.send_udp(dst, &scratch[..len]);
+            self.out.send_udp(dst, &scratch[..len]);
             let relay = self
                 .relays
                 .home()
@@ -247,7 +244,7 @@ impl Mesh {
                 .best()
                 .map(|b| b.addr)
                 .ok_or_else(|| PingError::NoPath(name.clone()))?;
-            io.send_udp(ep, &ping);
+            self.out.send_udp(ep, &ping);
             Via::Direct(ep)
         };
         if self.user_pings.len() >= MAX_USER_PINGS {
@@ -274,7 +271,6 @@ impl Mesh {
         key: &PublicKey,
         candidates: &Candidates,
         scratch: &mut [u8],
-        io: &mut impl Io,
     ) {
         crate::wg_clock::set(now);
         if !self.known.contains_key(key) {
@@ -289,7 +285,7 @@ impl Mesh {
         let peer = self.slots[slot].as_mut().expect("indexed slot is filled");
         peer.paths.set_candidates(candidates);
         peer.paths.start_punch(now);
-        self.handle_timeout(now, scratch, io, &mut |_| {});
+        self.handle_timeout(now, scratch);
     }
 
     /// Our public endpoint changed: every path may be gone, so probe them all again.
@@ -310,20 +306,15 @@ impl Mesh {
             .min()
     }
 
-    /// Sends due probes and checks paths; peers that need a coordinated punch are passed to
-    /// `request_punch`.
-    pub fn handle_timeout(
-        &mut self,
-        now: Instant,
-        scratch: &mut [u8],
-        io: &mut impl Io,
-        request_punch: &mut impl FnMut(PublicKey),
-    ) {
+    /// Sends due probes and checks paths; peers that need a coordinated punch are queued (see
+    /// [`Mesh::poll_punch_request`]).
+    pub fn handle_timeout(&mut self, now: Instant, scratch: &mut [u8]) {
         crate::wg_clock::set(now);
-        match self
-            .relays
-            .handle_timeout(now, &mut |dst, d| io.send_udp(dst, d))
-        {
+        let change = self.relays.handle_timeout(now);
+        while let Some(t) = self.relays.poll_transmit() {
+            self.out.send_udp(t.dst, &t.payload);
+        }
+        match change {
             Some(HomeChange::Now(name)) => info!(relay = %name, "home relay"),
             Some(HomeChange::Lost(name)) => {
                 warn!(relay = %name, "home relay lost; no relay answers")
@@ -351,9 +342,9 @@ impl Mesh {
                         let ping = peer
                             .probe_key
                             .seal(&me, &Probe::Ping { tx, counter }, nonce);
-                        self.send_probe(now, addr, verified, &ping, io);
+                        self.send_probe(now, addr, verified, &ping);
                     }
-                    PathAction::RequestPunch => request_punch(key),
+                    PathAction::RequestPunch => self.punch_requests.push_back(key),
                 }
             }
             let Some(peer) = self.slots[slot].as_mut() else {
@@ -374,7 +365,7 @@ impl Mesh {
                 if want && !peer.relayed {
                     peer.relayed = true;
                     if !peer.session_alive() {
-                        self.initiate(now, slot, scratch, io);
+                        self.initiate(now, slot, scratch);
                     }
                 } else if !has_relay && peer.relayed {
                     peer.relayed = false;

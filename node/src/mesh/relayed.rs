@@ -1,6 +1,6 @@
 //! Datagrams that came through a relay: bind answers and delivered WireGuard (or probes).
 
-use super::{lan_traffic, transmit, written, Io, Mesh};
+use super::{lan_traffic, transmit, written, Mesh};
 use crate::relays::HomeChange;
 use boringtun::noise::TunnResult;
 use lanmesh_proto::header::ControlKind;
@@ -18,7 +18,6 @@ impl Mesh {
         src: SocketAddr,
         frame: &[u8],
         scratch: &mut [u8],
-        io: &mut impl Io,
     ) {
         crate::wg_clock::set(now);
         if !self.relays.is_relay(src) {
@@ -39,7 +38,7 @@ impl Mesh {
             if probe::sender(payload) != Some(from) {
                 return self.dropped(now, format_args!("relayed probe from another key"));
             }
-            return self.probe_from(now, src, Some(src), payload, scratch, io);
+            return self.probe_from(now, src, Some(src), payload, scratch);
         }
         // The relay checked that `from` is a member; a known peer gets its tunnel now.
         let Some(slot) = self.ensure(now, &from) else {
@@ -54,7 +53,7 @@ impl Mesh {
                 if peer.paths.best().is_none() {
                     peer.relayed = true;
                 }
-                transmit(peer, &mut self.relays, scratch, n, io);
+                transmit(peer, &mut self.relays, scratch, n, &mut self.out);
             }
             TunnResult::WriteToTunnelV4(inner, inner_src) => {
                 if peer.paths.best().is_none() {
@@ -68,7 +67,7 @@ impl Mesh {
                     peer,
                     now,
                     (inner, inner_src),
-                    io,
+                    &mut self.out,
                 );
             }
             _ => {}
@@ -81,7 +80,7 @@ impl Mesh {
                 &[],
                 &mut scratch[SEND_HEADER..],
             )) {
-                transmit(peer, &mut self.relays, scratch, n, io);
+                transmit(peer, &mut self.relays, scratch, n, &mut self.out);
             }
         }
     }

@@ -32,7 +32,8 @@ fn settle(hosts: &mut [&mut Host]) {
     let mut scratch = vec![0u8; SCRATCH_LEN];
     for _ in 0..3 {
         for h in hosts.iter_mut() {
-            h.mesh.tick(Instant::now(), &mut scratch, &mut h.io);
+            h.mesh.tick(Instant::now(), &mut scratch);
+            h.collect();
         }
         pump(hosts);
     }

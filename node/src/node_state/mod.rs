@@ -209,13 +209,11 @@ impl NodeState {
 
     /// A datagram from the node's UDP socket: the one place it is told apart.
     pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, datagram: &[u8]) {
-        let (scratch, out) = (&mut self.scratch, &mut self.out);
+        let scratch = &mut self.scratch;
         match route(datagram) {
-            Route::WireGuard => self.mesh.handle_datagram(now, src, datagram, scratch, out),
-            Route::Probe => self.mesh.handle_probe(now, src, datagram, scratch, out),
-            Route::Relay => self
-                .mesh
-                .handle_relay_frame(now, src, datagram, scratch, out),
+            Route::WireGuard => self.mesh.handle_datagram(now, src, datagram, scratch),
+            Route::Probe => self.mesh.handle_probe(now, src, datagram, scratch),
+            Route::Relay => self.mesh.handle_relay_frame(now, src, datagram, scratch),
             Route::Control => {
                 let wall = self.clock.ns(now);
                 self.control.handle_datagram(now, wall, src, datagram)
@@ -228,8 +226,7 @@ impl NodeState {
 
     /// A packet read from the mesh interface.
     pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) {
-        self.mesh
-            .handle_tun_packet(now, packet, &mut self.scratch, &mut self.out);
+        self.mesh.handle_tun_packet(now, packet, &mut self.scratch);
         self.after_input(now);
     }
 
@@ -260,13 +257,9 @@ impl NodeState {
         self.stun.handle_timeout(now);
         if now >= self.next_tick {
             self.next_tick = now + TICK;
-            self.mesh.tick(now, &mut self.scratch, &mut self.out);
+            self.mesh.tick(now, &mut self.scratch);
         }
-        let control = &mut self.control;
-        self.mesh
-            .handle_timeout(now, &mut self.scratch, &mut self.out, &mut |peer| {
-                control.request_punch(peer)
-            });
+        self.mesh.handle_timeout(now, &mut self.scratch);
         if now >= self.next_interfaces {
             self.next_interfaces = now + INTERFACES_INTERVAL;
             self.commands.push_back(Command::ReadInterfaces);
@@ -288,19 +281,16 @@ impl NodeState {
                 let status = answers::status(self, now);
                 self.replies.push_back((id, Response::Status(status)));
             }
-            Request::Ping { peer } => {
-                let (scratch, out) = (&mut self.scratch, &mut self.out);
-                match self.mesh.ping(now, &peer, scratch, out) {
-                    Ok((tx, name, via)) => self.pings.push(PendingPing {
-                        id,
-                        tx,
-                        name,
-                        via,
-                        deadline: now + PING_TIMEOUT,
-                    }),
-                    Err(e) => self.replies.push_back((id, Response::Error(e.to_string()))),
-                }
-            }
+            Request::Ping { peer } => match self.mesh.ping(now, &peer, &mut self.scratch) {
+                Ok((tx, name, via)) => self.pings.push(PendingPing {
+                    id,
+                    tx,
+                    name,
+                    via,
+                    deadline: now + PING_TIMEOUT,
+                }),
+                Err(e) => self.replies.push_back((id, Response::Error(e.to_string()))),
+            },
             Request::Netcheck => {
                 self.stun.refresh(now);
                 self.netchecks.push((id, now + NETCHECK_WAIT));
@@ -328,17 +318,21 @@ impl NodeState {
         self.drain_control();
     }
 
+    /// The next datagram to send: the control plane's first (they are few), then the data
+    /// plane's.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.poll_transmit()
+        self.out
+            .poll_transmit()
+            .or_else(|| self.mesh.poll_transmit())
     }
 
     pub fn poll_tun_write(&mut self) -> Option<Vec<u8>> {
-        self.out.poll_tun_write()
+        self.mesh.poll_tun_write()
     }
 
     /// Gives the buffer of a polled transmit or TUN write back.
     pub fn recycle(&mut self, buffer: Vec<u8>) {
-        self.out.recycle(buffer)
+        self.mesh.recycle(buffer)
     }
 
     pub fn poll_command(&mut self) -> Option<Command> {
@@ -349,8 +343,12 @@ impl NodeState {
         self.replies.pop_front()
     }
 
-    /// Moves what the control and STUN clients want sent into the node's queue.
+    /// Moves what the control and STUN clients want sent into the node's queue (punches the
+    /// data plane asks for go to the coordinator first).
     fn drain_control(&mut self) {
+        while let Some(peer) = self.mesh.poll_punch_request() {
+            self.control.request_punch(peer);
+        }
         while let Some(t) = self.control.poll_transmit() {
             self.out.send_udp(t.dst, &t.payload);
         }
@@ -491,8 +489,7 @@ impl NodeState {
                 self.names_changed(now);
             }
             Event::Punch { peer, candidates } => {
-                let (scratch, out) = (&mut self.scratch, &mut self.out);
-                self.mesh.punch(now, &peer, &candidates, scratch, out)
+                self.mesh.punch(now, &peer, &candidates, &mut self.scratch)
             }
             Event::PublicEndpointChanged { old, new } => {
                 info!(%old, %new, "our public endpoint changed (NAT mapping or network changed); probing peers again");
