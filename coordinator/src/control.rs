@@ -33,6 +33,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// Why a new node could not be stored.
@@ -216,6 +217,11 @@ struct Answering {
 }
 
 pub struct ControlServer {
+    /// The wall clock (ms since the Unix epoch) at `epoch`: the core's time is the monotonic
+    /// `Instant` it is given, and wall-clock milliseconds follow from it (what is stored and
+    /// shown: last seen, key expiry; and the rate limiters' ticks).
+    epoch: Instant,
+    epoch_ms: u64,
     public: PublicKey,
     registry: Registry,
     settings: Settings,
@@ -253,15 +259,19 @@ impl ControlServer {
         nodes: Vec<NodeRecord>,
         mut registry: Registry,
         settings: Settings,
-        now_ms: u64,
+        now: Instant,
+        wall_ms: u64,
         seed: u64,
     ) -> Self {
+        let now_ms = wall_ms;
         for record in nodes {
             registry.insert(record);
         }
         let mut rng = StdRng::seed_from_u64(seed);
         let gate = HelloGate::new(&public, now_ms, &mut rng);
         ControlServer {
+            epoch: now,
+            epoch_ms: wall_ms,
             public,
             notified_version: registry.map_version(),
             registry,
@@ -295,6 +305,16 @@ impl ControlServer {
         self.public
     }
 
+    /// Wall-clock milliseconds at `now`.
+    fn ms(&self, now: Instant) -> u64 {
+        self.epoch_ms + now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The instant at wall-clock milliseconds `ms`.
+    fn instant(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms.saturating_sub(self.epoch_ms))
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -313,7 +333,12 @@ impl ControlServer {
     }
 
     /// When [`ControlServer::handle_timeout`] wants to run next (Unix ms).
-    pub fn poll_timeout(&self) -> Option<u64> {
+    /// When [`ControlServer::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.poll_timeout_ms().map(|ms| self.instant(ms))
+    }
+
+    fn poll_timeout_ms(&self) -> Option<u64> {
         let notify = (self.registry.map_version() != self.notified_version)
             .then_some(self.last_notify_ms + NOTIFY_INTERVAL_MS);
         let pending = self
@@ -333,7 +358,8 @@ impl ControlServer {
         .min()
     }
 
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now_ms = self.ms(now);
         for key in self.registry.expire(now_ms) {
             if let Some(n) = self.registry.get(&key) {
                 if self.infos.allow(now_ms) {
@@ -364,7 +390,8 @@ impl ControlServer {
         }
     }
 
-    pub fn handle_datagram(&mut self, now_ms: u64, src: SocketAddr, data: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
+        let now_ms = self.ms(now);
         match classify(data) {
             PacketClass::Control => {}
             PacketClass::Stun => return self.handle_stun(now_ms, src, data),
@@ -445,10 +472,11 @@ impl ControlServer {
     /// A Hello opened by a worker.
     pub fn handle_opened(
         &mut self,
-        now_ms: u64,
+        now: Instant,
         src: SocketAddr,
         result: Result<IncomingHello, ChannelError>,
     ) {
+        let now_ms = self.ms(now);
         self.gate.in_flight = self.gate.in_flight.saturating_sub(1);
         let incoming = match result {
             Ok(h) => h,
@@ -567,7 +595,8 @@ impl ControlServer {
     }
 
     /// Storage finished something.
-    pub fn handle_store_done(&mut self, now_ms: u64, done: StoreDone) {
+    pub fn handle_store_done(&mut self, now: Instant, done: StoreDone) {
+        let now_ms = self.ms(now);
         match done {
             StoreDone::Admitted { ticket, result } => self.admitted(now_ms, ticket, result),
             StoreDone::Reloaded(nodes) => self.reloaded(now_ms, nodes),
@@ -668,7 +697,7 @@ impl ControlServer {
                 _ => {}
             }
         }
-        self.handle_timeout(now_ms);
+        self.handle_timeout(self.instant(now_ms));
     }
 
     /// Tells a renamed node its new name, if it is connected and understands.
@@ -769,7 +798,8 @@ impl ControlServer {
 
     /// A Welcome written by a worker: it goes out, and an accepted session waits for the node
     /// to confirm it.
-    pub fn handle_answered(&mut self, now_ms: u64, ticket: u64, result: Answered) {
+    pub fn handle_answered(&mut self, now: Instant, ticket: u64, result: Answered) {
+        let now_ms = self.ms(now);
         let Some(a) = self.answers.remove(&ticket) else {
             return;
         };

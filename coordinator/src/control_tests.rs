@@ -28,6 +28,8 @@ fn coord_public() -> PublicKey {
 /// A control server with its storage, running the work it asks for inline.
 struct Harness {
     s: ControlServer,
+    /// The instant of wall-clock millisecond 0 (tests count time in ms from there).
+    base: Instant,
     store: StoreWorker,
     /// While set, storage work waits (a busy database).
     hold_store: bool,
@@ -49,16 +51,19 @@ impl Harness {
 
     fn with_settings(mut store: SqliteStore, settings: Settings) -> Harness {
         let nodes = store.load_nodes().unwrap();
+        let base = Instant::now();
         let s = ControlServer::new(
             coord_public(),
             nodes,
             Registry::new("100.64.0.0/10".parse().unwrap(), 60_000),
             settings,
+            base,
             0,
             7,
         );
         Harness {
             s,
+            base,
             store: StoreWorker::new(store),
             hold_store: false,
         }
@@ -68,8 +73,18 @@ impl Harness {
         self.store.store_mut()
     }
 
+    fn at(&self, ms: u64) -> Instant {
+        self.base + std::time::Duration::from_millis(ms)
+    }
+
+    /// When the server wants to run next, in ms.
+    fn wake(&self) -> u64 {
+        let at = self.s.poll_timeout().expect("a timeout");
+        at.duration_since(self.base).as_millis() as u64
+    }
+
     fn datagram(&mut self, now: u64, src: SocketAddr, data: &[u8]) {
-        self.s.handle_datagram(now, src, data);
+        self.s.handle_datagram(self.at(now), src, data);
         self.run(now);
     }
 
@@ -82,7 +97,7 @@ impl Harness {
                 match w {
                     Work::OpenHello { src, datagram, .. } => {
                         let r = open_hello(&COORD_SECRET, &datagram);
-                        self.s.handle_opened(now, src, r);
+                        self.s.handle_opened(self.at(now), src, r);
                     }
                     Work::AnswerHello {
                         ticket,
@@ -91,7 +106,7 @@ impl Harness {
                         welcome,
                     } => {
                         let r = answer_hello(*incoming, index, &welcome);
-                        self.s.handle_answered(now, ticket, r);
+                        self.s.handle_answered(self.at(now), ticket, r);
                     }
                     Work::Store(op) => self.store.submit(op),
                 }
@@ -99,7 +114,7 @@ impl Harness {
             if !self.hold_store {
                 for done in self.store.run(Instant::now(), now, true) {
                     did = true;
-                    self.s.handle_store_done(now, done);
+                    self.s.handle_store_done(self.at(now), done);
                 }
             }
             if !did {
@@ -109,7 +124,7 @@ impl Harness {
     }
 
     fn timeout(&mut self, now: u64) {
-        self.s.handle_timeout(now);
+        self.s.handle_timeout(self.at(now));
         self.run(now);
     }
 
@@ -413,7 +428,7 @@ fn an_unconfirmed_session_changes_nothing() {
     assert_eq!(h.s.registry().get(&a.public()).unwrap().endpoint, endpoint);
     assert_eq!(h.s.sessions(), 1);
     // The pending session expires.
-    let wake = h.s.poll_timeout().unwrap();
+    let wake = h.wake();
     assert!(wake <= 2 + 10_000);
     h.timeout(10_003);
     h.drain();
@@ -429,7 +444,7 @@ fn peers_hear_of_a_join_and_pull_the_map() {
     a.join(&mut h, 1_000, None);
     b.join(&mut h, 1_000, None);
     // The change is announced within the notify interval.
-    let wake = h.s.poll_timeout().unwrap();
+    let wake = h.wake();
     assert!(wake <= 1_200, "wake at {wake}");
     h.timeout(wake);
     let version = match a.inbox(&mut h).as_slice() {
@@ -502,12 +517,12 @@ fn silent_nodes_go_offline_and_peers_are_told() {
     }
     let mut now = 60_000;
     while h.s.registry().is_online(&b.public()) {
-        now = h.s.poll_timeout().unwrap();
+        now = h.wake();
         h.timeout(now);
     }
     assert_eq!(now, 60_001);
     h.drain();
-    let wake = h.s.poll_timeout().unwrap();
+    let wake = h.wake();
     h.timeout(wake);
     assert!(matches!(a.inbox(&mut h)[..], [ToNode::MapChanged { .. }]));
     a.send(
@@ -701,7 +716,7 @@ fn under_load_a_node_joins_with_a_cookie_and_floods_get_no_dh() {
     let attacker: SocketAddr = "198.51.100.66:4444".parse().unwrap();
     let mut replies = 0;
     for i in 0..5_000u64 {
-        h.s.handle_datagram(i / 10, attacker, &recorded);
+        h.s.handle_datagram(h.at(i / 10), attacker, &recorded);
         if let Some(w) = h.s.poll_work() {
             panic!(
                 "a replay was opened: {}",
@@ -747,10 +762,10 @@ fn a_lost_announcement_is_repeated_until_the_node_asks() {
     let mut b = FakeNode::new(2);
     a.join(&mut h, 1_000, None);
     b.join(&mut h, 1_000, None);
-    let wake = h.s.poll_timeout().unwrap();
+    let wake = h.wake();
     h.timeout(wake);
     h.drain(); // Both announcements are lost.
-    let again = h.s.poll_timeout().unwrap();
+    let again = h.wake();
     assert_eq!(again, wake + 1_000);
     h.timeout(again);
     let version = match a.inbox(&mut h).as_slice() {
@@ -1030,7 +1045,7 @@ fn an_admin_removal_reaches_the_node() {
     a.join(&mut h, 1, None);
     let nodes = h.store().load_nodes().unwrap();
     assert_eq!(nodes.len(), 1);
-    h.s.handle_store_done(5, StoreDone::Reloaded(vec![]));
+    h.s.handle_store_done(h.at(5), StoreDone::Reloaded(vec![]));
     assert!(matches!(a.inbox(&mut h)[..], [ToNode::Removed]));
     assert_eq!(h.s.registry().len(), 0);
     let _ = StoreOp::SaveHelloTime {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc as tmpsc;
@@ -196,6 +196,7 @@ async fn serve(
         nodes,
         registry,
         settings,
+        Instant::now(),
         unix_ms(),
         rand::random(),
     );
@@ -233,8 +234,7 @@ async fn serve(
         }
         let wake = core
             .poll_timeout()
-            .map(|at| Duration::from_millis(at.saturating_sub(unix_ms())))
-            .unwrap_or(Duration::from_secs(3600));
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let pending = socket.has_pending();
         tokio::select! {
             r = socket.readable() => {
@@ -245,7 +245,7 @@ async fn serve(
                 // Read a few batches before going round (a flood is read in bulk; the
                 // transmits they earned go out, and timers run, in between).
                 for _ in 0..RECV_BATCHES {
-                    let now = unix_ms();
+                    let now = Instant::now();
                     if socket.recv_batch(|src, d| core.handle_datagram(now, src, d)) == 0 {
                         break;
                     }
@@ -267,10 +267,10 @@ async fn serve(
                     }
                 }
             }
-            Some((src, result)) = opened_rx.recv() => core.handle_opened(unix_ms(), src, result),
-            Some((ticket, result)) = answered_rx.recv() => core.handle_answered(unix_ms(), ticket, result),
-            Some(done) = store_done_rx.recv() => core.handle_store_done(unix_ms(), done),
-            _ = tokio::time::sleep(wake) => core.handle_timeout(unix_ms()),
+            Some((src, result)) = opened_rx.recv() => core.handle_opened(Instant::now(), src, result),
+            Some((ticket, result)) = answered_rx.recv() => core.handle_answered(Instant::now(), ticket, result),
+            Some(done) = store_done_rx.recv() => core.handle_store_done(Instant::now(), done),
+            _ = tokio::time::sleep_until(wake.into()) => core.handle_timeout(Instant::now()),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }

@@ -34,7 +34,7 @@ use lanmesh_coordinator::registry::Registry;
 use lanmesh_coordinator::store::{KeyKind, SqliteStore};
 use lanmesh_coordinator::store_worker::StoreWorker;
 use lanmesh_fuzz::{
-    addr, known_bug_allowed, public, secret, seed, step_ms, Records, JOIN_NODE, JOIN_ONE_OFF,
+    addr, at, known_bug_allowed, public, secret, seed, step_ms, Records, JOIN_NODE, JOIN_ONE_OFF,
     JOIN_RELAY, T0_MS,
 };
 use lanmesh_proto::channel::{transport_receiver, HelloForm, Initiator, Session, MAX_DATAGRAM};
@@ -210,6 +210,7 @@ impl Harness {
                 lan_broadcast: flags & 4 == 0,
                 ..Settings::default()
             },
+            at(T0_MS),
             T0_MS,
             7,
         );
@@ -228,7 +229,7 @@ impl Harness {
                 match w {
                     Work::OpenHello { src, datagram, .. } => {
                         let r = open_hello(&secret(seed::COORDINATOR), &datagram);
-                        self.server.handle_opened(now, src, r);
+                        self.server.handle_opened(at(now), src, r);
                     }
                     Work::AnswerHello {
                         ticket,
@@ -237,14 +238,14 @@ impl Harness {
                         welcome,
                     } => {
                         let r = answer_hello(*incoming, index, &welcome);
-                        self.server.handle_answered(now, ticket, r);
+                        self.server.handle_answered(at(now), ticket, r);
                     }
                     Work::Store(op) => self.store.submit(op),
                 }
             }
             for done in self.store.run(Instant::now(), now, true) {
                 did = true;
-                self.server.handle_store_done(now, done);
+                self.server.handle_store_done(at(now), done);
             }
             if !did {
                 return;
@@ -253,7 +254,7 @@ impl Harness {
     }
 
     fn datagram(&mut self, now: u64, src: SocketAddr, data: &[u8]) -> Vec<Transmit> {
-        self.server.handle_datagram(now, src, data);
+        self.server.handle_datagram(at(now), src, data);
         self.run(now);
         std::iter::from_fn(|| self.server.poll_transmit()).collect()
     }
@@ -450,8 +451,8 @@ fuzz_target!(|input: &[u8]| {
     let mut now = T0_MS;
     for r in Records::new(records) {
         now += step_ms(r.dt);
-        if h.server.poll_timeout().is_some_and(|t| t <= now) {
-            h.server.handle_timeout(now);
+        if h.server.poll_timeout().is_some_and(|t| t <= at(now)) {
+            h.server.handle_timeout(at(now));
             h.run(now);
         }
         let sent: Vec<Transmit> = std::iter::from_fn(|| h.server.poll_transmit()).collect();

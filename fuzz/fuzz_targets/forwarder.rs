@@ -18,7 +18,7 @@
 //! - liveness: a genuine fresh bind from a member is answered, and (without the tiny rate
 //!   limit) a genuine fresh send to a bound member is forwarded.
 #![no_main]
-use lanmesh_fuzz::{addr, public, seed, static_secret, step_ms, Records, T0_MS};
+use lanmesh_fuzz::{addr, at, public, seed, static_secret, step_ms, Records, T0_MS};
 use lanmesh_proto::header::ControlKind;
 use lanmesh_proto::relay::{
     bind_sender, frame_kind, parse_deliver, BindKey, FrameKey, SendFrame, BOUND_LEN, MAX_PAYLOAD,
@@ -318,7 +318,7 @@ fuzz_target!(|input: &[u8]| {
     let mut buf = vec![0u8; 2048];
     for r in Records::new(&input[5..]) {
         now += step_ms(r.dt);
-        fwd.expire(now);
+        fwd.expire(at(now));
         model.expire(now);
         let src = addr(r.src);
         let d = r.data;
@@ -386,7 +386,7 @@ fuzz_target!(|input: &[u8]| {
             continue; // A real socket read never hands over more than the buffer.
         }
         buf[..datagram.len()].copy_from_slice(&datagram);
-        fwd.handle_datagram(now, src, &mut buf, datagram.len());
+        fwd.handle_datagram(at(now), src, &mut buf, datagram.len());
         let out: Vec<(SocketAddr, Vec<u8>)> = std::iter::from_fn(|| fwd.poll_transmit())
             .map(|t| (t.dst, t.payload))
             .collect();

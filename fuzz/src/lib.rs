@@ -90,6 +90,13 @@ pub fn addr_index(a: SocketAddr) -> Option<usize> {
 /// Unix ms the virtual clock starts at (2023-11-14), so stored times look real.
 pub const T0_MS: u64 = 1_700_000_000_000;
 
+/// The instant of virtual wall-clock millisecond `ms` (`T0_MS` is the first one seen).
+pub fn at(ms: u64) -> std::time::Instant {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
+        + std::time::Duration::from_millis(ms.saturating_sub(T0_MS))
+}
+
 /// A record's time step: 0..=127 → 10 ms steps (up to 1.27 s), 128..=255 → whole seconds
 /// (1 s .. 128 s), so one record can reach every timer (heartbeats, expiry after 60 s).
 pub fn step_ms(dt: u8) -> u64 {

@@ -17,6 +17,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Instant;
 use tracing::{debug, info};
 use x25519_dalek::StaticSecret;
 
@@ -79,6 +80,7 @@ pub struct Forwarder {
     /// Nonces of Bound answers (seeded: a run replays).
     rng: StdRng,
     out: Outbox,
+    epoch: Option<Instant>,
 }
 
 impl Forwarder {
@@ -96,6 +98,7 @@ impl Forwarder {
             drops: LogLimit::new(5),
             rng: StdRng::seed_from_u64(seed),
             out: Outbox::default(),
+            epoch: None,
         }
     }
 
@@ -103,6 +106,13 @@ impl Forwarder {
         let mut n = [0u8; 12];
         self.rng.fill_bytes(&mut n);
         n
+    }
+
+    /// Milliseconds since the first time the forwarder was given (its rate limits and idle
+    /// times count in them).
+    fn ms(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_millis() as u64
     }
 
     /// The next datagram to send.
@@ -170,7 +180,8 @@ impl Forwarder {
 
     /// Handles the datagram in `buf[..len]` (the buffer is reused to build what is
     /// forwarded); what to send is queued (see [`Forwarder::poll_transmit`]).
-    pub fn handle_datagram(&mut self, now_ms: u64, src: SocketAddr, buf: &mut [u8], len: usize) {
+    pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, buf: &mut [u8], len: usize) {
+        let now_ms = self.ms(now);
         let frame = &buf[..len];
         if classify(frame) == PacketClass::Stun {
             return self.answer_stun(src, frame);
@@ -291,7 +302,8 @@ impl Forwarder {
     }
 
     /// Drops sessions that went quiet.
-    pub fn expire(&mut self, now_ms: u64) {
+    pub fn expire(&mut self, now: Instant) {
+        let now_ms = self.ms(now);
         let idle: Vec<u32> = self
             .sessions
             .iter()

@@ -69,6 +69,12 @@ impl Member {
     }
 }
 
+/// The instant of test millisecond `ms`.
+fn at(ms: u64) -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now) + std::time::Duration::from_millis(ms)
+}
+
 fn feed(
     f: &mut Forwarder,
     now: u64,
@@ -76,7 +82,7 @@ fn feed(
     frame: &mut [u8],
 ) -> Vec<(SocketAddr, Vec<u8>)> {
     let len = frame.len();
-    f.handle_datagram(now, src, frame, len);
+    f.handle_datagram(at(now), src, frame, len);
     std::iter::from_fn(|| f.poll_transmit())
         .map(|t| (t.dst, t.payload))
         .collect()
@@ -198,7 +204,7 @@ fn idle_sessions_expire_and_stun_is_answered_in_size() {
     let (mut a, b) = (Member::new(1), Member::new(2));
     let mut f = forwarder(&[&a, &b]);
     a.bind(&mut f, 0);
-    f.expire(61_000);
+    f.expire(at(61_000));
     assert_eq!(f.bound(), 0);
     let mut req = [0u8; lanmesh_proto::stun::REQUEST_LEN];
     let n = lanmesh_proto::stun::write_request(&[1; 12], &mut req);

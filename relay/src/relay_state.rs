@@ -96,10 +96,6 @@ impl RelayState {
         self.public
     }
 
-    fn wall_ms(&self, now: Instant) -> u64 {
-        self.clock.ns(now) / 1_000_000
-    }
-
     /// The datagram in `buf[..len]` from `src` (the buffer is reused to build what is
     /// forwarded): control packets from the coordinator go to the control client, the rest to
     /// the forwarder.
@@ -113,8 +109,7 @@ impl RelayState {
             let wall = self.clock.ns(now);
             self.control.handle_datagram(now, wall, src, data);
         } else {
-            let ms = self.wall_ms(now);
-            self.forwarder.handle_datagram(ms, src, buf, len);
+            self.forwarder.handle_datagram(now, src, buf, len);
         }
         self.after_input();
     }
@@ -132,7 +127,7 @@ impl RelayState {
         }
         if now >= self.next_expiry {
             self.next_expiry = now + EXPIRY_INTERVAL;
-            self.forwarder.expire(self.wall_ms(now));
+            self.forwarder.expire(now);
             self.commands.push_back(Command::SaveStamps(wall));
         }
         self.after_input();

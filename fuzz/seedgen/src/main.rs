@@ -19,7 +19,7 @@ use lanmesh_coordinator::registry::Registry;
 use lanmesh_coordinator::store::{KeyKind, SqliteStore};
 use lanmesh_coordinator::store_worker::StoreWorker;
 use lanmesh_fuzz::{
-    addr, addr_index, dt_for_ms, public, secret, seed, static_secret, write_record, ADDR_NAMES,
+    addr, addr_index, at, dt_for_ms, public, secret, seed, static_secret, write_record, ADDR_NAMES,
     COORDINATOR, JOIN_NODE, JOIN_RELAY, RELAY, T0_MS,
 };
 use lanmesh_proto::channel::{HelloForm, IncomingHello, Initiator, Session, MAX_DATAGRAM};
@@ -501,12 +501,13 @@ fn session_messages(msgs: &mut Seeds) {
             open_max_nodes: 64,
             ..Settings::default()
         },
+        at(T0_MS),
         T0_MS,
         1,
     );
     let mut worker = StoreWorker::new(store);
     let mut exchange = |server: &mut ControlServer, now: u64, src: SocketAddr, d: &[u8]| {
-        server.handle_datagram(now, src, d);
+        server.handle_datagram(at(now), src, d);
         loop {
             let mut did = false;
             while let Some(w) = server.poll_work() {
@@ -514,7 +515,7 @@ fn session_messages(msgs: &mut Seeds) {
                 match w {
                     Work::OpenHello { src, datagram, .. } => {
                         let r = open_hello(&secret(seed::COORDINATOR), &datagram);
-                        server.handle_opened(now, src, r);
+                        server.handle_opened(at(now), src, r);
                     }
                     Work::AnswerHello {
                         ticket,
@@ -523,14 +524,14 @@ fn session_messages(msgs: &mut Seeds) {
                         welcome,
                     } => {
                         let r = answer_hello(*incoming, index, &welcome);
-                        server.handle_answered(now, ticket, r);
+                        server.handle_answered(at(now), ticket, r);
                     }
                     Work::Store(op) => worker.submit(op),
                 }
             }
             for done in worker.run(Instant::now(), now, true) {
                 did = true;
-                server.handle_store_done(now, done);
+                server.handle_store_done(at(now), done);
             }
             if !did {
                 break;
@@ -613,7 +614,7 @@ fn session_messages(msgs: &mut Seeds) {
             _ => ToCoordinator::Goodbye,
         };
         now += 300;
-        server.handle_timeout(now);
+        server.handle_timeout(at(now));
         let pad = match msg {
             ToCoordinator::GetPeers { .. } | ToCoordinator::GetChanges { .. } => MAX_PLAINTEXT,
             ToCoordinator::Punch { .. } => PUNCH_REQUEST_LEN,

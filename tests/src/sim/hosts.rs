@@ -11,7 +11,7 @@ use lanmesh_proto::join_key::JoinSecret;
 use lanmesh_proto::{stun, PublicKey};
 use lanmesh_relay::relay_state::RelayState;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The coordinator's control port and second STUN port.
 pub const COORDINATOR_PORT: u16 = 7000;
@@ -46,7 +46,15 @@ impl Coordinator {
             ..Settings::default()
         };
         let registry = Registry::new(lanmesh_proto::DEFAULT_NETWORK.parse().unwrap(), 60_000);
-        let server = ControlServer::new(public, Vec::new(), registry, settings, wall_base_ms, seed);
+        let server = ControlServer::new(
+            public,
+            Vec::new(),
+            registry,
+            settings,
+            base,
+            wall_base_ms,
+            seed,
+        );
         Coordinator {
             server,
             store: StoreWorker::new(SqliteStore::in_memory()),
@@ -85,7 +93,7 @@ impl Coordinator {
                 match w {
                     Work::OpenHello { src, datagram, .. } => {
                         let r = open_hello(&self.secret, &datagram);
-                        self.server.handle_opened(ms, src, r);
+                        self.server.handle_opened(now, src, r);
                     }
                     Work::AnswerHello {
                         ticket,
@@ -94,14 +102,14 @@ impl Coordinator {
                         welcome,
                     } => {
                         let r = answer_hello(*incoming, index, &welcome);
-                        self.server.handle_answered(ms, ticket, r);
+                        self.server.handle_answered(now, ticket, r);
                     }
                     Work::Store(op) => self.store.submit(op),
                 }
             }
             for done in self.store.run(now, ms, true) {
                 did = true;
-                self.server.handle_store_done(ms, done);
+                self.server.handle_store_done(now, done);
             }
             if !did {
                 return;
@@ -141,8 +149,7 @@ impl Machine {
                 let _ = c;
             }
             Machine::Coordinator(c) => {
-                let ms = c.ms(now);
-                c.server.handle_datagram(ms, src, data);
+                c.server.handle_datagram(now, src, data);
                 c.run_work(now);
             }
             Machine::Relay(r) => {
@@ -157,10 +164,7 @@ impl Machine {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self {
-            Machine::Coordinator(c) => c
-                .server
-                .poll_timeout()
-                .map(|ms| c.base + Duration::from_millis(ms.saturating_sub(c.wall_base_ms))),
+            Machine::Coordinator(c) => c.server.poll_timeout(),
             Machine::Relay(r) => Some(r.poll_timeout()),
             Machine::Node(n) => Some(n.poll_timeout()),
             Machine::Raw(_) => None,
@@ -170,8 +174,7 @@ impl Machine {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self {
             Machine::Coordinator(c) => {
-                let ms = c.ms(now);
-                c.server.handle_timeout(ms);
+                c.server.handle_timeout(now);
                 c.run_work(now);
             }
             Machine::Relay(r) => r.handle_timeout(now),
