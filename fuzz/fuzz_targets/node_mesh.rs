@@ -559,7 +559,7 @@ fuzz_target!(|input: &[u8]| {
                             .mesh
                             .ping(now, &format!("n{}", peer_seeds[p]), &mut w.scratch);
                         drain_into(&mut w.mesh, &mut w.io);
-                        let _ = w.mesh.take_ping_replies();
+                        while w.mesh.poll_ping_reply().is_some() {}
                     }
                     2 => {
                         let candidates = Candidates {

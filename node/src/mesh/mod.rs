@@ -214,7 +214,7 @@ pub struct Mesh {
     by_ip: HashMap<Ipv4Addr, usize>,
     relays: RelayClient,
     user_pings: Vec<UserPing>,
-    ping_replies: Vec<PingReply>,
+    ping_replies: std::collections::VecDeque<PingReply>,
     probe_budget: KeyedLimiter<IpAddr>,
     /// The counters of the pings each peer sent us: each is answered once.
     ping_windows: HashMap<PublicKey, StampWindow>,
@@ -262,7 +262,7 @@ impl Mesh {
             by_key: HashMap::new(),
             by_ip: HashMap::new(),
             user_pings: Vec::new(),
-            ping_replies: Vec::new(),
+            ping_replies: std::collections::VecDeque::new(),
             probe_budget: KeyedLimiter::new(UNVERIFIED_PROBES, MAX_PROBE_TARGETS),
             ping_windows: HashMap::new(),
             legacy_pongs: KeyedLimiter::new(probing::LEGACY_PONGS, MAX_PROBE_TARGETS),

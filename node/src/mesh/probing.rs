@@ -165,7 +165,7 @@ impl Mesh {
                     .position(|p| p.tx == tx && p.slot == slot)
                 {
                     let ping = self.user_pings.swap_remove(i);
-                    self.ping_replies.push(PingReply {
+                    self.ping_replies.push_back(PingReply {
                         tx,
                         via: ping.via,
                         rtt: now.saturating_duration_since(ping.sent_at),
@@ -259,9 +259,9 @@ impl Mesh {
         Ok((tx, name, via))
     }
 
-    /// Answers to `node ping`s that arrived since the last call.
-    pub fn take_ping_replies(&mut self) -> Vec<PingReply> {
-        std::mem::take(&mut self.ping_replies)
+    /// The next answer to a `node ping` that arrived.
+    pub fn poll_ping_reply(&mut self) -> Option<PingReply> {
+        self.ping_replies.pop_front()
     }
 
     /// The coordinator says: probe `key` at these candidates now.

@@ -10,9 +10,11 @@ use std::time::Instant;
 /// Pings answered, and those whose wait is over.
 pub(super) fn pings_due(node: &mut NodeState, now: Instant) {
     if node.pings.is_empty() {
+        // Answers that came after their ping gave up.
+        while node.mesh.poll_ping_reply().is_some() {}
         return;
     }
-    let replies = node.mesh.take_ping_replies();
+    let replies: Vec<_> = std::iter::from_fn(|| node.mesh.poll_ping_reply()).collect();
     let mut i = 0;
     while i < node.pings.len() {
         let reply = replies.iter().find(|r| r.tx == node.pings[i].tx);
