@@ -5,8 +5,9 @@
 
 use crate::key_file::{load_or_create_private_key, write_private_file};
 use anyhow::{bail, Context};
+use lanmesh_proto::client::Trust;
 use lanmesh_proto::stamp::StampFloor;
-use lanmesh_proto::PublicKey;
+use lanmesh_proto::{JoinKey, PublicKey};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -61,6 +62,16 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => bail!("cannot read {}: {e}", self.pin_file().display()),
         }
+    }
+
+    /// Whom to trust as the coordinator: the join key's, else the pinned key; `None` when
+    /// there is neither (a node then pins the key on first use).
+    pub fn trust(&self, join_key: Option<&JoinKey>) -> anyhow::Result<Option<Trust>> {
+        Ok(match (join_key, self.pinned_coordinator()?) {
+            (Some(k), _) => Some(Trust::JoinKey(k.coordinator)),
+            (None, Some(pinned)) => Some(Trust::Pinned(pinned)),
+            (None, None) => None,
+        })
     }
 
     fn stamp_file(&self) -> PathBuf {

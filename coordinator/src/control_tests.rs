@@ -1,9 +1,8 @@
 //! Deterministic tests of the coordinator's control plane: real Noise handshakes from fake
 //! nodes, an in-memory SQLite store, the core's work run inline, and injected time.
 
-use crate::control::{
-    answer_hello, open_hello, ControlServer, Settings, StoreDone, StoreOp, Transmit, Work,
-};
+use crate::control::{ControlServer, Settings, StoreDone, StoreOp, Transmit, Work};
+use crate::inline_work::run_work_inline;
 use crate::registry::Registry;
 use crate::store::{KeyKind, SqliteStore};
 use crate::store_worker::StoreWorker;
@@ -90,37 +89,15 @@ impl Harness {
 
     /// Runs all the work the server asked for (storage only unless held).
     fn run(&mut self, now: u64) {
-        loop {
-            let mut did = false;
-            while let Some(w) = self.s.poll_work() {
-                did = true;
-                match w {
-                    Work::OpenHello { src, datagram, .. } => {
-                        let r = open_hello(&COORD_SECRET, &datagram);
-                        self.s.handle_opened(self.at(now), src, r);
-                    }
-                    Work::AnswerHello {
-                        ticket,
-                        incoming,
-                        index,
-                        welcome,
-                    } => {
-                        let r = answer_hello(*incoming, index, &welcome);
-                        self.s.handle_answered(self.at(now), ticket, r);
-                    }
-                    Work::Store(op) => self.store.submit(op),
-                }
-            }
-            if !self.hold_store {
-                for done in self.store.run(Instant::now(), now, true) {
-                    did = true;
-                    self.s.handle_store_done(self.at(now), done);
-                }
-            }
-            if !did {
-                return;
-            }
-        }
+        let at = self.at(now);
+        run_work_inline(
+            &mut self.s,
+            &mut self.store,
+            &COORD_SECRET,
+            at,
+            now,
+            self.hold_store,
+        );
     }
 
     fn timeout(&mut self, now: u64) {

@@ -5,6 +5,7 @@
 pub mod control;
 pub mod data_dir;
 pub mod gate;
+pub mod inline_work;
 pub mod registry;
 pub mod serve;
 pub mod socket;

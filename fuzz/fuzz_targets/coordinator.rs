@@ -27,9 +27,8 @@
 //! - nothing it sends is larger than the largest control datagram.
 #![no_main]
 use arbitrary::{Arbitrary, Unstructured};
-use lanmesh_coordinator::control::{
-    answer_hello, open_hello, ControlServer, Settings, Transmit, Work,
-};
+use lanmesh_coordinator::control::{ControlServer, Settings, Transmit};
+use lanmesh_coordinator::inline_work::run_work_inline;
 use lanmesh_coordinator::registry::Registry;
 use lanmesh_coordinator::store::{KeyKind, SqliteStore};
 use lanmesh_coordinator::store_worker::StoreWorker;
@@ -49,7 +48,6 @@ use lanmesh_proto::PublicKey;
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Instant;
 
 const IDENTITIES: [u8; 6] = [
     seed::NODE_A,
@@ -222,35 +220,15 @@ impl Harness {
 
     /// Runs the work the server asks for, inline, until there is none.
     fn run(&mut self, now: u64) {
-        loop {
-            let mut did = false;
-            while let Some(w) = self.server.poll_work() {
-                did = true;
-                match w {
-                    Work::OpenHello { src, datagram, .. } => {
-                        let r = open_hello(&secret(seed::COORDINATOR), &datagram);
-                        self.server.handle_opened(at(now), src, r);
-                    }
-                    Work::AnswerHello {
-                        ticket,
-                        incoming,
-                        index,
-                        welcome,
-                    } => {
-                        let r = answer_hello(*incoming, index, &welcome);
-                        self.server.handle_answered(at(now), ticket, r);
-                    }
-                    Work::Store(op) => self.store.submit(op),
-                }
-            }
-            for done in self.store.run(Instant::now(), now, true) {
-                did = true;
-                self.server.handle_store_done(at(now), done);
-            }
-            if !did {
-                return;
-            }
-        }
+        let coordinator = secret(seed::COORDINATOR);
+        run_work_inline(
+            &mut self.server,
+            &mut self.store,
+            &coordinator,
+            at(now),
+            now,
+            false,
+        );
     }
 
     fn datagram(&mut self, now: u64, src: SocketAddr, data: &[u8]) -> Vec<Transmit> {

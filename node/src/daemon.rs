@@ -14,7 +14,8 @@ use lanmesh_common::local_api;
 use lanmesh_common::net::{coordinator_target, resolve};
 use lanmesh_common::state_dir::StateDir;
 use lanmesh_common::unix_ns;
-use lanmesh_proto::client::Trust;
+use lanmesh_proto::client::{ClientConfig, Trust};
+use lanmesh_proto::messages::Role;
 use lanmesh_proto::stamp::StampFloor;
 use lanmesh_proto::JoinKey;
 use std::collections::HashMap;
@@ -69,23 +70,25 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         _ = sigterm.recv() => return cleanup(&opts.state, None, None).await,
         _ = sigint.recv() => return cleanup(&opts.state, None, None).await,
     };
-    let trust = match (&opts.auth_key, opts.state.pinned_coordinator()?) {
-        (Some(k), _) => Trust::JoinKey(k.coordinator),
-        (None, Some(pinned)) => Trust::Pinned(pinned),
-        (None, None) => Trust::FirstUse,
-    };
+    let trust = opts
+        .state
+        .trust(opts.auth_key.as_ref())?
+        .unwrap_or(Trust::FirstUse);
     let stun_servers = resolve_stun(&opts.stun, coordinator).await;
     let now = Instant::now();
     // Stamps (Hello timestamps, probe counters, relay binds) follow the wall clock but never
     // go back, not even across restarts: the floor is persisted in the state dir.
     let (stamp_floor, mut floor) = opts.state.start_stamps(unix_ns())?;
     let config = NodeConfig {
-        private,
-        coordinator,
-        trust,
-        join: opts.auth_key.map(|k| k.secret),
-        name: opts.name.clone(),
-        stamp_floor,
+        client: ClientConfig {
+            private,
+            coordinator_addr: coordinator,
+            trust,
+            join: opts.auth_key.map(|k| k.secret),
+            name: opts.name.clone(),
+            role: Role::Node,
+            stamp_floor,
+        },
         keepalive_secs: opts.keepalive_secs,
         lan: opts.lan,
         stun_servers,

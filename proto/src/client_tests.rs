@@ -118,6 +118,15 @@ fn from_node(s: &mut Session, t: &Transmit) -> ToCoordinator {
     messages::decode(p).unwrap()
 }
 
+/// The coordinator's answer to a heartbeat (it saw us at 198.51.100.1:1).
+fn heartbeat_ack(challenge: u64) -> ToNode {
+    ToNode::HeartbeatAck {
+        map_version: 0,
+        endpoint: "198.51.100.1:1".parse().unwrap(),
+        challenge,
+    }
+}
+
 fn peer(i: u8) -> PeerInfo {
     PeerInfo {
         name: format!("p{i}"),
@@ -457,11 +466,7 @@ fn acked_heartbeats_keep_the_session() {
     let t0 = Instant::now();
     let (mut c, mut s) = connected(t0, &accepted(0));
     sent(&mut c);
-    let ack = ToNode::HeartbeatAck {
-        map_version: 0,
-        endpoint: "198.51.100.1:1".parse().unwrap(),
-        challenge: 0,
-    };
+    let ack = heartbeat_ack(0);
     to_node(&mut c, &mut s, t0, &ack);
     let mut now = t0;
     for _ in 0..20 {
@@ -481,11 +486,7 @@ fn a_challenge_is_echoed_once_at_once() {
     let t0 = Instant::now();
     let (mut c, mut s) = connected(t0, &accepted(0));
     sent(&mut c);
-    let ack = |challenge| ToNode::HeartbeatAck {
-        map_version: 0,
-        endpoint: "198.51.100.1:1".parse().unwrap(),
-        challenge,
-    };
+    let ack = heartbeat_ack;
     to_node(&mut c, &mut s, t0, &ack(0xfeed));
     let out = sent(&mut c);
     assert_eq!(out.len(), 1);
@@ -625,11 +626,7 @@ fn a_punch_request_brings_the_next_heartbeat_forward() {
     let t0 = Instant::now();
     let (mut c, mut s) = connected(t0, &accepted(0));
     sent(&mut c);
-    let ack = ToNode::HeartbeatAck {
-        map_version: 0,
-        endpoint: "198.51.100.1:1".parse().unwrap(),
-        challenge: 0,
-    };
+    let ack = heartbeat_ack(0);
     to_node(&mut c, &mut s, t0, &ack);
     let heartbeats = |c: &mut ControlClient, s: &mut Session, at: Instant| {
         c.handle_timeout(at, WALL);

@@ -8,7 +8,8 @@ use lanmesh_common::local_api;
 use lanmesh_common::net::{coordinator_target, resolve};
 use lanmesh_common::state_dir::StateDir;
 use lanmesh_common::unix_ns;
-use lanmesh_proto::client::Trust;
+use lanmesh_proto::client::ClientConfig;
+use lanmesh_proto::messages::Role;
 use lanmesh_proto::JoinKey;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -91,22 +92,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         _ = sigterm.recv() => return Ok(()),
         _ = sigint.recv() => return Ok(()),
     };
-    let trust = match (&opts.auth_key, opts.state.pinned_coordinator()?) {
-        (Some(k), _) => Trust::JoinKey(k.coordinator),
-        (None, Some(pinned)) => Trust::Pinned(pinned),
-        (None, None) => bail!(
+    let Some(trust) = opts.state.trust(opts.auth_key.as_ref())? else {
+        bail!(
             "a relay needs a relay join key the first time: create one on the coordinator with \
              `coordinator keys create --relay` and pass it with --auth-key"
-        ),
+        );
     };
     let (stamp_floor, mut persisted_floor) = opts.state.start_stamps(unix_ns())?;
     let config = RelayConfig {
-        private,
-        coordinator,
-        trust,
-        join: opts.auth_key.map(|k| k.secret),
-        name: opts.name.clone(),
-        stamp_floor,
+        client: ClientConfig {
+            private,
+            coordinator_addr: coordinator,
+            trust,
+            join: opts.auth_key.map(|k| k.secret),
+            name: opts.name.clone(),
+            role: Role::Relay,
+            stamp_floor,
+        },
         bytes_per_sec: opts.bytes_per_sec,
         seed: rand::random(),
     };

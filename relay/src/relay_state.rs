@@ -7,7 +7,6 @@ use crate::daemon::Status;
 use crate::forwarder::Forwarder;
 use lanmesh_proto::client::{ClientConfig, ControlClient, Event, Trust};
 use lanmesh_proto::header::{classify, PacketClass};
-use lanmesh_proto::join_key::JoinSecret;
 use lanmesh_proto::messages::Role;
 use lanmesh_proto::outbox::{Outbox, Transmit};
 use lanmesh_proto::relay::frame_kind;
@@ -24,12 +23,8 @@ use tracing::{info, warn};
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct RelayConfig {
-    pub private: [u8; 32],
-    pub coordinator: SocketAddr,
-    pub trust: Trust,
-    pub join: Option<JoinSecret>,
-    pub name: String,
-    pub stamp_floor: u64,
+    /// Its key, its coordinator and how to join (the role is always `Relay`).
+    pub client: ClientConfig,
     /// Forwarding budget per member.
     pub bytes_per_sec: u64,
     /// Seeds every random choice (session indices, nonces).
@@ -62,20 +57,14 @@ pub struct RelayState {
 impl RelayState {
     pub fn new(config: RelayConfig, now: Instant, wall_ns: u64) -> RelayState {
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let secret = x25519_dalek::StaticSecret::from(config.private);
+        let secret = x25519_dalek::StaticSecret::from(config.client.private);
         let public = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
-        let mut control = ControlClient::new(
-            ClientConfig {
-                private: config.private,
-                coordinator_addr: config.coordinator,
-                trust: config.trust,
-                join: config.join,
-                name: config.name.clone(),
-                role: Role::Relay,
-                stamp_floor: config.stamp_floor,
-            },
-            rng.gen(),
-        );
+        let (trust, name) = (config.client.trust, config.client.name.clone());
+        let client = ClientConfig {
+            role: Role::Relay,
+            ..config.client
+        };
+        let mut control = ControlClient::new(client, rng.gen());
         control.start(now, wall_ns);
         let mut relay = RelayState {
             control,
@@ -84,8 +73,8 @@ impl RelayState {
             commands: VecDeque::new(),
             clock: WallClock::new(now, wall_ns),
             public,
-            trust: config.trust,
-            name: config.name,
+            trust,
+            name,
             next_expiry: now + EXPIRY_INTERVAL,
         };
         relay.after_input();

@@ -13,8 +13,9 @@
 //! (conversations, see `lanmesh_fuzz`); `messages` gets the plaintexts of captured Hellos
 //! (opened with the coordinator's fixed key) and of a short in-memory session with the real
 //! control server; `relay_frames` gets each frame with the timestamp that keys it.
-use lanmesh_coordinator::control::{answer_hello, open_hello, ControlServer, Settings, Work};
+use lanmesh_coordinator::control::{ControlServer, Settings};
 use lanmesh_coordinator::data_dir::DataDir;
+use lanmesh_coordinator::inline_work::run_work_inline;
 use lanmesh_coordinator::registry::Registry;
 use lanmesh_coordinator::store::{KeyKind, SqliteStore};
 use lanmesh_coordinator::store_worker::StoreWorker;
@@ -508,35 +509,8 @@ fn session_messages(msgs: &mut Seeds) {
     let mut worker = StoreWorker::new(store);
     let mut exchange = |server: &mut ControlServer, now: u64, src: SocketAddr, d: &[u8]| {
         server.handle_datagram(at(now), src, d);
-        loop {
-            let mut did = false;
-            while let Some(w) = server.poll_work() {
-                did = true;
-                match w {
-                    Work::OpenHello { src, datagram, .. } => {
-                        let r = open_hello(&secret(seed::COORDINATOR), &datagram);
-                        server.handle_opened(at(now), src, r);
-                    }
-                    Work::AnswerHello {
-                        ticket,
-                        incoming,
-                        index,
-                        welcome,
-                    } => {
-                        let r = answer_hello(*incoming, index, &welcome);
-                        server.handle_answered(at(now), ticket, r);
-                    }
-                    Work::Store(op) => worker.submit(op),
-                }
-            }
-            for done in worker.run(Instant::now(), now, true) {
-                did = true;
-                server.handle_store_done(at(now), done);
-            }
-            if !did {
-                break;
-            }
-        }
+        let coordinator = secret(seed::COORDINATOR);
+        run_work_inline(server, &mut worker, &coordinator, at(now), now, false);
         std::iter::from_fn(|| server.poll_transmit()).collect::<Vec<_>>()
     };
     let mut plain = [0u8; MAX_DATAGRAM];

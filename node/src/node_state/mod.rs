@@ -18,7 +18,6 @@ use crate::netconf::MeshPlacement;
 use crate::relays::RelayInfo;
 use crate::stun_client::StunClient;
 use lanmesh_proto::client::{ClientConfig, ControlClient, Event, Trust};
-use lanmesh_proto::join_key::JoinSecret;
 use lanmesh_proto::messages::{MeshAddress, Role};
 use lanmesh_proto::stamp::WallClock;
 use lanmesh_proto::PublicKey;
@@ -43,13 +42,8 @@ const NETCHECK_WAIT: Duration = Duration::from_millis(1500);
 
 /// What a node starts from.
 pub struct NodeConfig {
-    pub private: [u8; 32],
-    pub coordinator: SocketAddr,
-    pub trust: Trust,
-    pub join: Option<JoinSecret>,
-    pub name: String,
-    /// Stamps (Hello timestamps, probe counters, relay binds) start above this.
-    pub stamp_floor: u64,
+    /// Its key, its coordinator and how to join (the role is always `Node`).
+    pub client: ClientConfig,
     pub keepalive_secs: u16,
     pub lan: LanConfig,
     /// STUN servers besides the coordinator and the relays (resolved by the driver).
@@ -130,27 +124,21 @@ impl NodeState {
     /// A node that starts registering at `now`; `wall_ns` is the wall clock then.
     pub fn new(config: NodeConfig, now: Instant, wall_ns: u64) -> NodeState {
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let secret = x25519_dalek::StaticSecret::from(config.private);
+        let secret = x25519_dalek::StaticSecret::from(config.client.private);
         let public = PublicKey::from(x25519_dalek::PublicKey::from(&secret));
-        let mut control = ControlClient::new(
-            ClientConfig {
-                private: config.private,
-                coordinator_addr: config.coordinator,
-                trust: config.trust,
-                join: config.join,
-                name: config.name,
-                role: Role::Node,
-                stamp_floor: config.stamp_floor,
-            },
-            rng.gen(),
-        );
+        let (trust, stamp_floor) = (config.client.trust, config.client.stamp_floor);
+        let client = ClientConfig {
+            role: Role::Node,
+            ..config.client
+        };
+        let mut control = ControlClient::new(client, rng.gen());
         control.start(now, wall_ns);
         let lan_wanted = config.lan.enabled;
         let mesh = Mesh::new(
             secret,
             MeshConfig {
                 keepalive_secs: config.keepalive_secs,
-                stamp_floor: config.stamp_floor,
+                stamp_floor,
                 wall_ns,
                 seed: rng.gen(),
                 lan: config.lan,
@@ -167,7 +155,7 @@ impl NodeState {
             scratch: vec![0; SCRATCH_LEN],
             clock: WallClock::new(now, wall_ns),
             public,
-            trust: config.trust,
+            trust,
             lan_wanted,
             stun_servers: config.stun_servers,
             reported_varies: None,

@@ -2,7 +2,8 @@
 //! an in-memory SQLite store, its work run inline), relays and nodes, each behind the same
 //! small interface the simulator drives.
 
-use lanmesh_coordinator::control::{answer_hello, open_hello, ControlServer, Settings, Work};
+use lanmesh_coordinator::control::{ControlServer, Settings};
+use lanmesh_coordinator::inline_work::run_work_inline;
 use lanmesh_coordinator::registry::Registry;
 use lanmesh_coordinator::store::{KeyKind, SqliteStore};
 use lanmesh_coordinator::store_worker::StoreWorker;
@@ -86,35 +87,14 @@ impl Coordinator {
 
     fn run_work(&mut self, now: Instant) {
         let ms = self.ms(now);
-        loop {
-            let mut did = false;
-            while let Some(w) = self.server.poll_work() {
-                did = true;
-                match w {
-                    Work::OpenHello { src, datagram, .. } => {
-                        let r = open_hello(&self.secret, &datagram);
-                        self.server.handle_opened(now, src, r);
-                    }
-                    Work::AnswerHello {
-                        ticket,
-                        incoming,
-                        index,
-                        welcome,
-                    } => {
-                        let r = answer_hello(*incoming, index, &welcome);
-                        self.server.handle_answered(now, ticket, r);
-                    }
-                    Work::Store(op) => self.store.submit(op),
-                }
-            }
-            for done in self.store.run(now, ms, true) {
-                did = true;
-                self.server.handle_store_done(now, done);
-            }
-            if !did {
-                return;
-            }
-        }
+        run_work_inline(
+            &mut self.server,
+            &mut self.store,
+            &self.secret,
+            now,
+            ms,
+            false,
+        );
     }
 }
 

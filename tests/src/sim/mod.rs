@@ -22,8 +22,9 @@ use hosts::{Coordinator, Machine, Out, COORDINATOR_PORT, NODE_PORT, RELAY_PORT};
 use lanmesh_node::lan::LanConfig;
 use lanmesh_node::mesh::{Path, PeerView};
 use lanmesh_node::node_state::{NodeConfig, NodeState};
-use lanmesh_proto::client::Trust;
+use lanmesh_proto::client::{ClientConfig, Trust};
 use lanmesh_proto::join_key::JoinSecret;
+use lanmesh_proto::messages::Role;
 use lanmesh_proto::PublicKey;
 use lanmesh_relay::relay_state::{RelayConfig, RelayState};
 use nat::{Nat, NatConfig};
@@ -292,17 +293,28 @@ impl Sim {
         (WALL_BASE_MS + self.elapsed().as_millis() as u64) * 1_000_000
     }
 
+    /// Who a node or relay is and how it joins this world's coordinator.
+    fn client_config(&self, private: [u8; 32], name: &str, role: Role) -> ClientConfig {
+        ClientConfig {
+            private,
+            coordinator_addr: self.coordinator_addr(),
+            trust: Trust::JoinKey(self.coordinator_key.expect("add the coordinator first")),
+            join: Some(match role {
+                Role::Node => self.node_key,
+                Role::Relay => self.relay_key,
+            }),
+            name: name.into(),
+            role,
+            stamp_floor: 0,
+        }
+    }
+
     /// A relay on the internet.
     pub fn add_relay(&mut self, name: &str, link: Link) -> HostId {
         let mut private = [0u8; 32];
         self.rng.fill_bytes(&mut private);
         let config = RelayConfig {
-            private,
-            coordinator: self.coordinator_addr(),
-            trust: Trust::JoinKey(self.coordinator_key.expect("coordinator")),
-            join: Some(self.relay_key),
-            name: name.into(),
-            stamp_floor: 0,
+            client: self.client_config(private, name, Role::Relay),
             bytes_per_sec: 1 << 30,
             seed: self.rng.gen(),
         };
@@ -315,12 +327,7 @@ impl Sim {
         let mut private = [0u8; 32];
         self.rng.fill_bytes(&mut private);
         let config = NodeConfig {
-            private,
-            coordinator: self.coordinator_addr(),
-            trust: Trust::JoinKey(self.coordinator_key.expect("coordinator")),
-            join: Some(self.node_key),
-            name: name.into(),
-            stamp_floor: 0,
+            client: self.client_config(private, name, Role::Node),
             keepalive_secs: 25,
             lan: LanConfig::default(),
             stun_servers: Vec::new(),
