@@ -3,7 +3,7 @@
 //! each prints what it measured, in simulated time.
 
 mod sim {
-    use lanmesh_e2e::sim::nat::NatConfig;
+    use lanmesh_e2e::sim::nat::{Dependence, NatConfig};
     use lanmesh_e2e::sim::{can_punch, HostId, Link, Realm, Sim};
     use lanmesh_node::mesh::Path;
     use std::time::Duration;
@@ -345,11 +345,20 @@ mod sim {
                 continue;
             }
             let (_, kind) = KINDS[rng.gen_range(0..KINDS.len())];
-            let Some(config) = kind else {
+            let Some(mut config) = kind else {
                 nodes.push(sim.add_node(&name, Realm::Internet, l));
                 nat.push((None, None, false));
                 continue;
             };
+            // Variations that must not change who can punch: hairpinning, how long mappings
+            // live, and whether an endpoint-independent NAT keeps the port.
+            config.hairpin = rng.gen_bool(0.3);
+            if !config.linux_conntrack {
+                config.timeout = Duration::from_secs([30, 60, 120, 300][rng.gen_range(0..4)]);
+            }
+            if config.mapping == Dependence::Independent {
+                config.port_preservation = rng.gen_bool(0.5);
+            }
             let r = if rng.gen_bool(0.1) {
                 // Behind two NATs: a home router inside a carrier's.
                 let outer = sim.add_home_router(NatConfig::PORT_RESTRICTED, link(&mut rng));
@@ -375,14 +384,7 @@ mod sim {
         let mut w = random_world(seed);
         if std::env::var_os("LANMESH_SIM_SEED").is_some() {
             for (i, n) in w.nat.iter().enumerate() {
-                let name =
-                    n.0.map(|c| {
-                        KINDS
-                            .iter()
-                            .find(|k| k.1 == Some(c))
-                            .map_or("custom", |k| k.0)
-                    })
-                    .unwrap_or("public");
+                let name = n.0.map_or("public".to_string(), |c| format!("{c:?}"));
                 println!("n{i}: {name}, router {:?}, double NAT {}", n.1, n.2);
             }
             println!("relay: {}", w.relay);
