@@ -14,10 +14,16 @@
 //! answered, as Linux would. Every packet a node writes to its TUN is checked: it must be for
 //! that node, and come from the node that sent it (see [`Sim::violations`]).
 
+mod echo;
 pub mod hosts;
 pub mod nat;
+mod net;
 mod packets;
+mod run;
 
+pub use nat::can_punch;
+
+use echo::Echo;
 use hosts::{Coordinator, Machine, Out, COORDINATOR_PORT, NODE_PORT, RELAY_PORT};
 use lanmesh_node::lan::LanConfig;
 use lanmesh_node::mesh::{Path, PeerView};
@@ -28,11 +34,12 @@ use lanmesh_proto::messages::Role;
 use lanmesh_proto::PublicKey;
 use lanmesh_relay::relay_state::{RelayConfig, RelayState};
 use nat::{Nat, NatConfig};
+use net::InFlight;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 thread_local! {
@@ -103,30 +110,6 @@ pub struct Router {
     pub link: Link,
     /// The next free host number in its LAN (10.R.0.x).
     next_host: u8,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Hop {
-    /// To be routed inside this realm.
-    InRealm(Realm),
-    /// Arriving at a router's WAN address (to be translated in).
-    AtRouter(RouterId),
-    AtHost(HostId),
-}
-
-struct InFlight {
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    payload: Vec<u8>,
-    hop: Hop,
-}
-
-/// A ping the simulator sent through the mesh, and its answer.
-struct Echo {
-    from: HostId,
-    to_ip: Ipv4Addr,
-    sent: Instant,
-    answered: Option<Instant>,
 }
 
 pub struct Sim {
@@ -407,354 +390,6 @@ impl Sim {
         &self.violations
     }
 
-    fn schedule(&mut self, at: Instant, flight: InFlight) {
-        self.seq += 1;
-        self.flights.insert(self.seq, flight);
-        self.queue.push(Reverse((at, self.seq)));
-    }
-
-    /// When a datagram that crosses `link` now arrives, or `None` when the link loses it.
-    fn cross(&mut self, link: Link) -> Option<Instant> {
-        if link.loss > 0.0 && self.rng.gen_bool(link.loss.min(1.0)) {
-            self.lost += 1;
-            tracing::trace!(target: "sim", "lost on a link");
-            return None;
-        }
-        let jitter = if link.jitter.is_zero() {
-            Duration::ZERO
-        } else {
-            link.jitter.mul_f64(self.rng.gen::<f64>())
-        };
-        Some(self.now + link.latency + jitter)
-    }
-
-    fn send(&mut self, h: HostId, out: Out) {
-        let host = &self.hosts[h];
-        let SocketAddr::V4(dst) = out.dst else {
-            return;
-        };
-        let src = SocketAddrV4::new(host.ip, out.from_port);
-        let (link, realm) = (host.link, host.realm);
-        if let Some(at) = self.cross(link) {
-            let flight = InFlight {
-                src,
-                dst,
-                payload: out.payload,
-                hop: Hop::InRealm(realm),
-            };
-            self.schedule(at, flight);
-        }
-    }
-
-    /// Moves a datagram one hop on.
-    fn route(&mut self, mut f: InFlight) {
-        match f.hop {
-            Hop::AtHost(h) => {
-                let host = &mut self.hosts[h];
-                if !host.up || host.ip != *f.dst.ip() {
-                    self.unroutable += 1;
-                    return;
-                }
-                self.delivered += 1;
-                tracing::trace!(target: "sim", at = ?(self.now - self.base), "{} → {} ({}): {} bytes", f.src, f.dst, host.name, f.payload.len());
-                let mut out = Vec::new();
-                let src = SocketAddr::V4(f.src);
-                host.machine
-                    .handle_datagram(self.now, src, f.dst.port(), &f.payload, &mut out);
-                for o in out {
-                    self.send(h, o);
-                }
-            }
-            Hop::AtRouter(r) => {
-                let router = &mut self.routers[r];
-                match router.nat.inbound(self.now, f.src, f.dst.port()) {
-                    Some(internal) => {
-                        f.dst = internal;
-                        f.hop = Hop::InRealm(Realm::Lan(r));
-                        self.route(f);
-                    }
-                    None => {
-                        tracing::trace!(target: "sim", "{} → {}: no mapping lets it in", f.src, f.dst);
-                        self.unroutable += 1
-                    }
-                }
-            }
-            Hop::InRealm(realm) => {
-                let dst_ip = *f.dst.ip();
-                if let Some(h) = self
-                    .hosts
-                    .iter()
-                    .position(|h| h.realm == realm && h.ip == dst_ip)
-                {
-                    if let Some(at) = self.cross(self.hosts[h].link) {
-                        f.hop = Hop::AtHost(h);
-                        self.schedule(at, f);
-                    }
-                    return;
-                }
-                if let Some(r) = self
-                    .routers
-                    .iter()
-                    .position(|r| r.realm == realm && r.nat.wan == dst_ip)
-                {
-                    if let Some(at) = self.cross(self.routers[r].link) {
-                        f.hop = Hop::AtRouter(r);
-                        self.schedule(at, f);
-                    }
-                    return;
-                }
-                let Realm::Lan(r) = realm else {
-                    self.unroutable += 1;
-                    return;
-                };
-                let now = self.now;
-                let router = &mut self.routers[r];
-                f.src = router.nat.outbound(now, f.src, f.dst, &mut self.rng);
-                if dst_ip == router.nat.wan {
-                    // Inside to the router's own WAN address: hairpinning, if it does that.
-                    if router.nat.config.hairpin {
-                        f.hop = Hop::AtRouter(r);
-                        self.route(f);
-                    } else {
-                        self.unroutable += 1;
-                    }
-                    return;
-                }
-                let (link, up) = (router.link, router.realm);
-                if let Some(at) = self.cross(link) {
-                    f.hop = Hop::InRealm(up);
-                    self.schedule(at, f);
-                }
-            }
-        }
-    }
-
-    /// Collects and sends what every machine wants sent, and runs each node's kernel.
-    fn drain(&mut self) {
-        let mut out = Vec::new();
-        let mut tun = Vec::new();
-        for h in 0..self.hosts.len() {
-            if !self.hosts[h].up {
-                continue;
-            }
-            loop {
-                let ip = self.hosts[h].ip;
-                self.hosts[h]
-                    .machine
-                    .drain(self.now, ip, &mut out, &mut tun);
-                if out.is_empty() && tun.is_empty() {
-                    break;
-                }
-                for o in out.drain(..) {
-                    self.send(h, o);
-                }
-                for packet in tun.drain(..) {
-                    self.kernel(h, &packet);
-                }
-            }
-        }
-    }
-
-    /// What a node's operating system does with a packet the node wrote to its TUN.
-    fn kernel(&mut self, h: HostId, packet: &[u8]) {
-        let Some(me) = self.mesh_ip(h) else {
-            return self.violations.push(format!(
-                "{}: TUN packet before it had an address",
-                self.hosts[h].name
-            ));
-        };
-        let Some(echo) = packets::parse_echo(packet) else {
-            return; // Only the simulator's pings travel the simulated meshes.
-        };
-        let name = &self.hosts[h].name;
-        if echo.dst != me {
-            return self.violations.push(format!(
-                "{name} (mesh IP {me}) was handed a packet for {}",
-                echo.dst
-            ));
-        }
-        let Some(sent) = self.echoes.get_mut(&echo.id) else {
-            return self.violations.push(format!("{name}: a ping nobody sent"));
-        };
-        if echo.request {
-            let from_ip = match &self.hosts[sent.from].machine {
-                Machine::Node(n) => n.mesh_ip(),
-                _ => None,
-            };
-            if Some(echo.src) != from_ip || sent.to_ip != me {
-                return self.violations.push(format!(
-                    "{name}: ping {} came from {} but was sent by {}",
-                    echo.id, echo.src, self.hosts[sent.from].name
-                ));
-            }
-            let reply = packets::echo(me, echo.src, echo.id, false);
-            let now = self.now;
-            if let Machine::Node(n) = &mut self.hosts[h].machine {
-                n.handle_tun_packet(now, &reply);
-            }
-        } else {
-            if sent.from != h || echo.src != sent.to_ip {
-                return self.violations.push(format!(
-                    "{name}: answer to ping {} came back to the wrong node",
-                    echo.id
-                ));
-            }
-            sent.answered.get_or_insert(self.now);
-        }
-    }
-
-    /// Sends a ping from node `a` to node `b`'s mesh IP through the mesh; its id.
-    pub fn ping(&mut self, a: HostId, b: HostId) -> u32 {
-        let (Some(src), Some(dst)) = (self.mesh_ip(a), self.mesh_ip(b)) else {
-            panic!("both nodes need a mesh IP before a ping");
-        };
-        let id = self.next_echo;
-        self.next_echo += 1;
-        self.echoes.insert(
-            id,
-            Echo {
-                from: a,
-                to_ip: dst,
-                sent: self.now,
-                answered: None,
-            },
-        );
-        let packet = packets::echo(src, dst, id, true);
-        let now = self.now;
-        if let Machine::Node(n) = &mut self.hosts[a].machine {
-            n.handle_tun_packet(now, &packet);
-        }
-        self.drain();
-        id
-    }
-
-    /// The round trip of ping `id`, once answered.
-    pub fn answered(&self, id: u32) -> Option<Duration> {
-        let e = &self.echoes[&id];
-        e.answered.map(|t| t - e.sent)
-    }
-
-    /// Pings `b` from `a` every second until one is answered; the simulated time from the
-    /// first ping to the first answer, or `None` if nothing came back within `limit`.
-    pub fn ping_until_answered(
-        &mut self,
-        a: HostId,
-        b: HostId,
-        limit: Duration,
-    ) -> Option<Duration> {
-        let start = self.now;
-        let mut ids = Vec::new();
-        while self.now - start < limit {
-            ids.push(self.ping(a, b));
-            let next = (self.now + Duration::from_secs(1)).min(start + limit);
-            let answered =
-                self.run_until_true(next, |s| ids.iter().any(|i| s.answered(*i).is_some()));
-            if answered {
-                return Some(self.now - start);
-            }
-        }
-        None
-    }
-
-    /// When something happens next.
-    fn next_event(&self) -> Option<Instant> {
-        let flight = self.queue.peek().map(|Reverse((at, _))| *at);
-        self.hosts
-            .iter()
-            .filter(|h| h.up)
-            .filter_map(|h| h.machine.poll_timeout())
-            .chain(flight)
-            .min()
-    }
-
-    /// Runs the world until `deadline` (simulated).
-    pub fn run_until(&mut self, deadline: Instant) {
-        self.run_until_true(deadline, |_| false);
-    }
-
-    pub fn run_for(&mut self, d: Duration) {
-        self.run_until(self.now + d);
-    }
-
-    /// Runs until `done` holds (checked after every step) or `deadline`; whether it held.
-    pub fn run_until_true(
-        &mut self,
-        deadline: Instant,
-        mut done: impl FnMut(&Sim) -> bool,
-    ) -> bool {
-        self.drain();
-        let mut same_instant = 0u32;
-        loop {
-            if done(self) {
-                return true;
-            }
-            let Some(next) = self.next_event().filter(|t| *t <= deadline) else {
-                self.now = self.now.max(deadline);
-                CLOCK_FLOOR.with(|f| f.set(Some(self.now)));
-                return done(self);
-            };
-            if next <= self.now {
-                same_instant += 1;
-                assert!(
-                    same_instant < 100_000,
-                    "livelock at {:?}: something asks to run again at once, forever",
-                    self.elapsed()
-                );
-            } else {
-                same_instant = 0;
-                self.now = next;
-                CLOCK_FLOOR.with(|f| f.set(Some(next)));
-            }
-            while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
-                if at > self.now {
-                    break;
-                }
-                self.queue.pop();
-                let f = self.flights.remove(&seq).expect("scheduled");
-                self.route(f);
-            }
-            for h in 0..self.hosts.len() {
-                let host = &mut self.hosts[h];
-                if host.up && host.machine.poll_timeout().is_some_and(|t| t <= self.now) {
-                    host.machine.handle_timeout(self.now);
-                }
-            }
-            self.drain();
-        }
-    }
-
-    /// Runs until every node in `nodes` has a mesh IP and knows every other one from the
-    /// peer map; the simulated time it took.
-    pub fn join_all(&mut self, nodes: &[HostId], limit: Duration) -> Duration {
-        let start = self.now;
-        let ok = self.run_until_true(start + limit, |s| {
-            nodes.iter().all(|&a| {
-                s.mesh_ip(a).is_some() && nodes.iter().all(|&b| a == b || s.peer(a, b).is_some())
-            })
-        });
-        assert!(
-            ok,
-            "not every node registered and saw the others within {limit:?}"
-        );
-        self.now - start
-    }
-
-    /// Runs until `a` reaches `b` by `path` (and `b` reaches `a` the same way); the time it
-    /// took, or `None`.
-    pub fn until_path(
-        &mut self,
-        a: HostId,
-        b: HostId,
-        path: Path,
-        limit: Duration,
-    ) -> Option<Duration> {
-        let start = self.now;
-        self.run_until_true(start + limit, |s| {
-            s.path(a, b) == path && s.path(b, a) == path
-        })
-        .then(|| self.now - start)
-    }
-
     pub fn router(&mut self, r: RouterId) -> &mut Router {
         &mut self.routers[r]
     }
@@ -766,25 +401,4 @@ impl Sim {
     pub fn node_port(&self) -> u16 {
         NODE_PORT
     }
-}
-
-/// Whether two nodes behind these NATs (`None`: no NAT) can reach each other directly, as far
-/// as the NAT behaviours alone decide it; `None` when it depends on timing (Linux conntrack
-/// boxes: an early probe can steal the port, see issue 12).
-pub fn can_punch(a: Option<NatConfig>, b: Option<NatConfig>) -> Option<bool> {
-    use nat::Dependence::AddressPort;
-    let (Some(a), Some(b)) = (a, b) else {
-        return Some(true);
-    };
-    if a.linux_conntrack || b.linux_conntrack {
-        return None;
-    }
-    Some(match (a.stable_mapping(), b.stable_mapping()) {
-        (true, true) => true,
-        // A symmetric NAT's probes come from a port the peer never heard of: only a peer
-        // whose NAT lets any port of a host it wrote to through can answer them.
-        (false, true) => b.filtering != AddressPort,
-        (true, false) => a.filtering != AddressPort,
-        (false, false) => false,
-    })
 }

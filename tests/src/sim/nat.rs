@@ -222,6 +222,27 @@ impl Nat {
     }
 }
 
+/// Whether two nodes behind these NATs (`None`: no NAT) can reach each other directly, as far
+/// as the NAT behaviours alone decide it; `None` when it depends on timing (Linux conntrack
+/// boxes: an early probe can steal the port, see issue 12).
+pub fn can_punch(a: Option<NatConfig>, b: Option<NatConfig>) -> Option<bool> {
+    use Dependence::AddressPort;
+    let (Some(a), Some(b)) = (a, b) else {
+        return Some(true);
+    };
+    if a.linux_conntrack || b.linux_conntrack {
+        return None;
+    }
+    Some(match (a.stable_mapping(), b.stable_mapping()) {
+        (true, true) => true,
+        // A symmetric NAT's probes come from a port the peer never heard of: only a peer
+        // whose NAT lets any port of a host it wrote to through can answer them.
+        (false, true) => b.filtering != AddressPort,
+        (true, false) => a.filtering != AddressPort,
+        (false, false) => false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
