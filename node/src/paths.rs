@@ -272,6 +272,13 @@ impl PathFinder {
                 }
             }
         }
+        if self.punch_wanted && !self.waits_for_a_path(now) {
+            // Traffic stopped, or a path answered first (the peer's punch, or a datagram the
+            // driver handled before this timeout): the wish is void. Left set, it kept
+            // `poll_timeout` in the past — a busy loop (found by the simulator once its
+            // drivers ran timers a little late, as real ones do).
+            self.punch_wanted = false;
+        }
         if self.needs_punch(now) {
             self.punch_wanted = false;
             self.last_punch_request = Some(now);
@@ -282,7 +289,7 @@ impl PathFinder {
     }
 
     /// Whether traffic is waiting on a path that does not exist or stopped answering.
-    fn needs_punch(&self, now: Instant) -> bool {
+    fn waits_for_a_path(&self, now: Instant) -> bool {
         let sending = self
             .last_data_tx
             .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
@@ -291,10 +298,15 @@ impl PathFinder {
             (Some(_), None) => true,
             (Some(_), Some(rx)) => now.saturating_duration_since(rx) >= UNANSWERED,
         };
+        sending && unanswered
+    }
+
+    /// Whether to ask the coordinator for a punch now.
+    fn needs_punch(&self, now: Instant) -> bool {
         let may_ask = self
             .last_punch_request
             .is_none_or(|t| now.saturating_duration_since(t) >= PUNCH_REQUEST_INTERVAL);
-        sending && unanswered && may_ask && (self.punch.is_none() || self.punch_wanted)
+        self.waits_for_a_path(now) && may_ask && (self.punch.is_none() || self.punch_wanted)
     }
 
     fn remember(&mut self, addr: SocketAddr, now: Instant) -> Transaction {
@@ -478,6 +490,24 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_wished_punch_that_a_path_made_void_is_dropped_not_kept_due() {
+        let t0 = Instant::now();
+        let mut f = finder();
+        // Traffic for an idle peer wants a coordinated punch...
+        f.want_coordinated_punch(t0);
+        // ...but the peer's own punch found the path before our timeout ran.
+        let public = addr("198.51.100.2:41641");
+        assert!(f.on_authenticated_rx(t0, public).is_some());
+        let now = t0 + Duration::from_millis(20);
+        let actions = run(&mut f, now);
+        assert!(!actions.contains(&PathAction::RequestPunch));
+        assert!(
+            f.poll_timeout().is_none_or(|t| t > now),
+            "a timeout in the past: the driver would spin"
+        );
     }
 
     #[test]

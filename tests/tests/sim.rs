@@ -546,4 +546,23 @@ mod sim {
         };
         assert_eq!(run(), run());
     }
+
+    /// Two nodes with a direct path and nothing to say: each wakes a few times a second at
+    /// most (WireGuard's timers), never spins.
+    #[test]
+    fn an_idle_node_sleeps() {
+        let mut sim = Sim::new(12);
+        sim.add_coordinator(Link::ms(1));
+        let a = sim.add_node("a", Realm::Internet, Link::ms(1));
+        let b = sim.add_node("b", Realm::Internet, Link::ms(1));
+        sim.join_all(&[a, b], 10 * S);
+        sim.ping_until_answered(a, b, 5 * S).expect("ping");
+        sim.until_path(a, b, Path::Direct, 10 * S).expect("direct");
+        let before = sim.wakes(a);
+        sim.run_for(60 * S);
+        let per_sec = (sim.wakes(a) - before) as f64 / 60.0;
+        println!("idle node: {per_sec:.1} wakeups per second");
+        assert!(per_sec <= 6.0, "{per_sec} wakeups a second");
+        assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    }
 }

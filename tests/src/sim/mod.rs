@@ -10,6 +10,10 @@
 //! translates it) into the router's own realm, and so on; translation happens when the
 //! datagram reaches the router, so races between two routers are real races.
 //!
+//! Drivers run due timers a little late (up to 30 ms, drawn from the seed), so timers and
+//! datagrams race as on a busy machine; a core that keeps asking to run again at once after its
+//! timeout ran is a busy loop, and a violation.
+//!
 //! Each node has a "kernel": an ICMP echo request written to its TUN for its own mesh IP is
 //! answered, as Linux would. Every packet a node writes to its TUN is checked: it must be for
 //! that node, and come from the node that sent it (see [`Sim::violations`]).
@@ -114,6 +118,8 @@ pub struct Router {
 
 pub struct Sim {
     pub now: Instant,
+    /// The world's seed (also what drivers' timer lateness is drawn from).
+    seed: u64,
     base: Instant,
     rng: StdRng,
     pub hosts: Vec<Host>,
@@ -128,6 +134,10 @@ pub struct Sim {
     echoes: HashMap<u32, Echo>,
     next_echo: u32,
     violations: Vec<String>,
+    /// Per host: timeouts in a row after which it wanted to run again at once.
+    busy_streak: Vec<u32>,
+    /// Per host: how often its timeout ran.
+    wakes: Vec<u64>,
     /// Datagrams delivered, lost on links, and dropped for want of a route or a mapping.
     pub delivered: u64,
     pub lost: u64,
@@ -165,6 +175,7 @@ impl Sim {
         SIM_START.with(|f| f.set(Some(now)));
         Sim {
             now,
+            seed,
             base: now,
             rng,
             hosts: Vec::new(),
@@ -179,6 +190,8 @@ impl Sim {
             echoes: HashMap::new(),
             next_echo: 1,
             violations: Vec::new(),
+            busy_streak: Vec::new(),
+            wakes: Vec::new(),
             delivered: 0,
             lost: 0,
             unroutable: 0,
@@ -237,6 +250,8 @@ impl Sim {
             Machine::Coordinator(_) => Ipv4Addr::new(203, 0, 113, 1),
             _ => self.address_in(realm),
         };
+        self.busy_streak.push(0);
+        self.wakes.push(0);
         self.hosts.push(Host {
             name: name.into(),
             ip,
@@ -382,6 +397,11 @@ impl Sim {
     /// A machine that only sends what the test makes it send.
     pub fn add_raw(&mut self, name: &str, realm: Realm, link: Link) -> HostId {
         self.add_host(name, realm, link, Machine::Raw(Vec::new()))
+    }
+
+    /// How often host `h`'s timeout has run.
+    pub fn wakes(&self, h: HostId) -> u64 {
+        self.wakes[h]
     }
 
     /// What went wrong that must never: packets delivered to the wrong node, or from the

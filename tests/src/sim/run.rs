@@ -2,18 +2,38 @@
 //! timeout) and runs everything due then.
 
 use super::{HostId, Sim, CLOCK_FLOOR};
+
+/// How late a driver may run a due timeout (see `Sim::timer_due`).
+const TIMER_LATENESS: Duration = Duration::from_millis(30);
 use lanmesh_node::mesh::Path;
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
 impl Sim {
+    /// When host `h`'s driver runs its core's timeout: a little after the core asked (up to
+    /// [`TIMER_LATENESS`], drawn from the seed), as a busy driver does — inputs that arrive
+    /// meanwhile are handled first, so timers and datagrams race as they do for real.
+    fn timer_due(&self, h: HostId) -> Option<Instant> {
+        let host = &self.hosts[h];
+        if !host.up {
+            return None;
+        }
+        let at = host.machine.poll_timeout()?;
+        let mut x = (h as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (at.saturating_duration_since(self.base).as_nanos() as u64)
+            ^ self.seed;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let late = Duration::from_nanos(x % (TIMER_LATENESS.as_nanos() as u64 + 1));
+        Some(at + late)
+    }
+
     /// When something happens next.
     pub(super) fn next_event(&self) -> Option<Instant> {
         let flight = self.queue.peek().map(|Reverse((at, _))| *at);
-        self.hosts
-            .iter()
-            .filter(|h| h.up)
-            .filter_map(|h| h.machine.poll_timeout())
+        (0..self.hosts.len())
+            .filter_map(|h| self.timer_due(h))
             .chain(flight)
             .min()
     }
@@ -48,8 +68,9 @@ impl Sim {
                 same_instant += 1;
                 assert!(
                     same_instant < 100_000,
-                    "livelock at {:?}: something asks to run again at once, forever",
-                    self.elapsed()
+                    "livelock at {:?}: something asks to run again at once, forever ({:?})",
+                    self.elapsed(),
+                    self.violations
                 );
             } else {
                 same_instant = 0;
@@ -65,9 +86,30 @@ impl Sim {
                 self.route(f);
             }
             for h in 0..self.hosts.len() {
-                let host = &mut self.hosts[h];
-                if host.up && host.machine.poll_timeout().is_some_and(|t| t <= self.now) {
-                    host.machine.handle_timeout(self.now);
+                if self.timer_due(h).is_some_and(|t| t <= self.now) {
+                    let now = self.now;
+                    let host = &mut self.hosts[h];
+                    host.machine.handle_timeout(now);
+                    self.wakes[h] += 1;
+                    // A core that keeps wanting to run again at once after its timeout ran
+                    // keeps its driver spinning: a busy loop on a real machine. (Once is fine:
+                    // handling a timeout may make something due at once.)
+                    let streak = &mut self.busy_streak[h];
+                    if host.machine.poll_timeout().is_some_and(|t| t <= now) {
+                        *streak += 1;
+                        if *streak == 3
+                            && !self.violations.iter().any(|v| v.starts_with(&host.name))
+                        {
+                            let what = format!(
+                                "{} asks to run again at once, again and again (a busy loop), at {:?}",
+                                host.name,
+                                now - self.base
+                            );
+                            self.violations.push(what);
+                        }
+                    } else {
+                        *streak = 0;
+                    }
                 }
             }
             self.drain();
