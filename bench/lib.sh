@@ -40,7 +40,7 @@ bench_exec() {
         local env_args=("LANMESH_BIN_DIR=$LANMESH_BIN_DIR" "LANMESH_TESTKIT=$LANMESH_TESTKIT"
             "LANMESH_ATTACK=$LANMESH_ATTACK" "PATH=$PATH")
         local v
-        for v in LANMESH_KEEP_LAB RUST_LOG; do
+        for v in LANMESH_KEEP_LAB RUST_LOG LANMESH_BORINGTUN; do
             if [ -n "${!v:-}" ]; then env_args+=("$v=${!v}"); fi
         done
         if [ "$setup" = true ]; then
