@@ -4,7 +4,9 @@
 //! is set, where they fail. Run them with `./test.sh`.
 
 use lanmesh_e2e::mesh::{assert_ping, Coordinator, Node, Status, MESH_TIMEOUT};
-use lanmesh_e2e::{bin, require_root, run, stderr, stdout, transfer, wait_until, Lab, Nat};
+use lanmesh_e2e::{
+    bin, clock_ticks, cpu_ticks, require_root, run, stderr, stdout, transfer, wait_until, Lab, Nat,
+};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -300,6 +302,20 @@ fn three_nodes_mesh() {
         n.wait_status(&lab, MESH_TIMEOUT, "all paths direct", |s| {
             s.peers.len() == 2 && s.peers.iter().all(|p| p.path == "direct")
         });
+    }
+
+    // Idle daemons sleep: a spinning event loop (a timeout that stays in the past) shows as a
+    // core's worth of CPU.
+    let ticks: Vec<u64> = nodes.iter().map(|n| cpu_ticks(n.proc().pid())).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    for (n, before) in nodes.iter().zip(ticks) {
+        let used = (cpu_ticks(n.proc().pid()) - before) as f64 / clock_ticks() / 3.0;
+        assert!(
+            used < 0.2,
+            "idle node {} used {:.0} % of a core",
+            n.name,
+            used * 100.0
+        );
     }
 
     // 10 MB a -> c through the mesh, checksummed on both ends.
