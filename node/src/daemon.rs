@@ -44,6 +44,9 @@ pub struct UpOptions {
 
 type ApiCall = local_api::Call<Request, Response>;
 
+/// Datagrams (or TUN packets) handled per turn of the loop at most.
+const BATCH: usize = 64;
+
 pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     if !netconf::has_net_admin() {
         bail!("node up needs root (or CAP_NET_ADMIN) to create its network interface: run it with sudo");
@@ -139,11 +142,23 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
+            // What else is waiting is read in the same turn: one poll of the timers and one
+            // timer registration per batch, not per packet.
             r = udp.recv_from(&mut rx_buf) => if let Ok((n, src)) = r {
-                node.handle_datagram(Instant::now(), src, &rx_buf[..n]);
+                let now = Instant::now();
+                node.handle_datagram(now, src, &rx_buf[..n]);
+                for _ in 1..BATCH {
+                    let Ok((n, src)) = udp.try_recv_from(&mut rx_buf) else { break };
+                    node.handle_datagram(now, src, &rx_buf[..n]);
+                }
             },
-            r = tun_read => if let Ok(n) = r {
-                node.handle_tun_packet(Instant::now(), &tun_buf[..n]);
+            r = tun_read => if let (Ok(n), Some(tun)) = (r, &os.tun) {
+                let now = Instant::now();
+                node.handle_tun_packet(now, &tun_buf[..n]);
+                for _ in 1..BATCH {
+                    let Ok(n) = tun.try_recv(&mut tun_buf) else { break };
+                    node.handle_tun_packet(now, &tun_buf[..n]);
+                }
             },
             _ = tokio::time::sleep_until(wake.into()) => node.handle_timeout(Instant::now()),
             Some((request, reply)) = api_rx.recv() => {

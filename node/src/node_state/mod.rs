@@ -199,7 +199,8 @@ impl NodeState {
     pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, datagram: &[u8]) {
         let scratch = &mut self.scratch;
         match route(datagram) {
-            Route::WireGuard => self.mesh.handle_datagram(now, src, datagram, scratch),
+            // The data path: nothing the control plane needs to look at comes of it.
+            Route::WireGuard => return self.mesh.handle_datagram(now, src, datagram, scratch),
             Route::Probe => self.mesh.handle_probe(now, src, datagram, scratch),
             Route::Relay => self.mesh.handle_relay_frame(now, src, datagram, scratch),
             Route::Control => {
@@ -212,10 +213,10 @@ impl NodeState {
         self.after_input(now);
     }
 
-    /// A packet read from the mesh interface.
+    /// A packet read from the mesh interface (the data path: nothing for the control plane
+    /// comes of it; punches it asks for go out at the next timeout, which it makes due).
     pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) {
         self.mesh.handle_tun_packet(now, packet, &mut self.scratch);
-        self.after_input(now);
     }
 
     /// When [`NodeState::handle_timeout`] wants to run next.
