@@ -19,6 +19,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::info;
 
+/// Datagrams handled per turn of the loop at most.
+const BATCH: usize = 64;
+
 pub struct Options {
     pub listen: SocketAddr,
     pub coordinator: String,
@@ -139,8 +142,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             break Err(anyhow::anyhow!(message));
         }
         tokio::select! {
+            // What else is waiting is read in the same turn (one timer registration per
+            // batch, not per datagram); what it earns goes out at the top of the loop.
             r = socket.recv_from(&mut buf) => if let Ok((n, src)) = r {
-                relay.handle_datagram(Instant::now(), src, &mut buf, n);
+                let now = Instant::now();
+                relay.handle_datagram(now, src, &mut buf, n);
+                for _ in 1..BATCH {
+                    let Ok((n, src)) = socket.try_recv_from(&mut buf) else { break };
+                    relay.handle_datagram(now, src, &mut buf, n);
+                }
             },
             _ = tokio::time::sleep_until(relay.poll_timeout().into()) => {
                 relay.handle_timeout(Instant::now())
