@@ -117,7 +117,7 @@ impl Machine {
         out: &mut Vec<Out>,
     ) {
         match self {
-            Machine::Coordinator(c) if dst_port == COORDINATOR_STUN_PORT => {
+            Machine::Coordinator(_) if dst_port == COORDINATOR_STUN_PORT => {
                 let mut buf = [0u8; 64];
                 if let Some(n) = stun::answer(src, data, &mut buf) {
                     out.push(Out {
@@ -126,7 +126,6 @@ impl Machine {
                         payload: buf[..n].to_vec(),
                     });
                 }
-                let _ = c;
             }
             Machine::Coordinator(c) => {
                 c.server.handle_datagram(now, src, data);
