@@ -4,6 +4,7 @@ pub mod key_file;
 pub mod local_api;
 pub mod net;
 pub mod state_dir;
+pub mod udp_batch;
 
 use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;

@@ -4,15 +4,16 @@
 
 use crate::api::{Request, Response};
 use crate::lan::{igmp, LanConfig};
-use crate::mesh::SCRATCH_LEN;
 use crate::name_service::NameService;
 use crate::names::Backend;
 use crate::netconf::{self, Netlink};
 use crate::node_state::{Command, NodeConfig, NodeState};
+use crate::tun_batch::TunBatch;
 use anyhow::{bail, Context};
 use lanmesh_common::local_api;
 use lanmesh_common::net::{coordinator_target, resolve};
 use lanmesh_common::state_dir::StateDir;
+use lanmesh_common::udp_batch::BatchSocket;
 use lanmesh_common::unix_ns;
 use lanmesh_proto::client::{ClientConfig, Trust};
 use lanmesh_proto::messages::Role;
@@ -21,7 +22,6 @@ use lanmesh_proto::JoinKey;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
-use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -40,12 +40,15 @@ pub struct UpOptions {
     pub lan: LanConfig,
     /// How peer names get onto this machine (`--dns`).
     pub dns: Backend,
+    /// TUN offload and UDP GSO/GRO (`--offload`).
+    pub offload: bool,
 }
 
 type ApiCall = local_api::Call<Request, Response>;
 
-/// Datagrams (or TUN packets) handled per turn of the loop at most.
-const BATCH: usize = 64;
+/// Reads (each a `recvmmsg` of up to 8 datagram trains, or one TUN read of up to 64 KiB)
+/// per turn of the loop at most.
+const RECV_CALLS: usize = 8;
 
 pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     if !netconf::has_net_admin() {
@@ -57,7 +60,8 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     opts.state.create()?;
     let private = opts.state.private_key()?;
     let net = Netlink::open()?;
-    let udp = bind_socket(opts.port)?;
+    let mut udp = BatchSocket::new(bind_socket(opts.port)?, opts.offload)
+        .context("cannot set up the node's UDP socket")?;
     let port = udp.local_addr()?.port();
     let listener = local_api::listen(&opts.state.socket(), "node")?;
     let (api_tx, mut api_rx) = mpsc::channel::<ApiCall>(16);
@@ -108,22 +112,28 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         net,
     };
     let (mut calls, mut next_call) = (HashMap::<u64, oneshot::Sender<Response>>::new(), 0u64);
-    let (mut rx_buf, mut tun_buf, mut dns_buf) = (
-        vec![0u8; SCRATCH_LEN],
-        vec![0u8; SCRATCH_LEN],
-        vec![0u8; 1500],
-    );
+    let mut tun_io = TunBatch::default();
+    let mut dns_buf = vec![0u8; 1500];
     let result: anyhow::Result<()> = loop {
+        // Datagrams for one destination leave together (UDP GSO), packets for the TUN too
+        // (coalesced by flow).
         while let Some(t) = node.poll_transmit() {
-            // A full socket buffer drops the datagram, like a full NIC queue would.
-            let _ = udp.try_send_to(&t.payload, t.dst);
+            udp.send(t.dst, &t.payload);
             node.recycle(t.payload);
         }
+        udp.flush();
         while let Some(p) = node.poll_tun_write() {
-            if let Some(tun) = &os.tun {
-                let _ = tun.try_send(&p);
+            if tun_io.queue(&p) {
+                match &os.tun {
+                    Some(tun) => tun_io.write(tun).await,
+                    None => tun_io.discard(),
+                }
             }
             node.recycle(p);
+        }
+        match &os.tun {
+            Some(tun) => tun_io.write(tun).await,
+            None => tun_io.discard(),
         }
         if let Err(e) = os.run_commands(&mut node).await {
             break Err(e);
@@ -137,27 +147,32 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         let wake = node.poll_timeout();
         let tun_read = async {
             match &os.tun {
-                Some(t) => t.recv(&mut tun_buf).await,
+                Some(t) => tun_io.recv(t).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             // What else is waiting is read in the same turn: one poll of the timers and one
             // timer registration per batch, not per packet.
-            r = udp.recv_from(&mut rx_buf) => if let Ok((n, src)) = r {
+            r = udp.readable() => if r.is_ok() {
                 let now = Instant::now();
-                node.handle_datagram(now, src, &rx_buf[..n]);
-                for _ in 1..BATCH {
-                    let Ok((n, src)) = udp.try_recv_from(&mut rx_buf) else { break };
-                    node.handle_datagram(now, src, &rx_buf[..n]);
+                for _ in 0..RECV_CALLS {
+                    if udp.try_recv(|src, d| node.handle_datagram(now, src, d)) == 0 {
+                        break;
+                    }
                 }
             },
             r = tun_read => if let (Ok(n), Some(tun)) = (r, &os.tun) {
                 let now = Instant::now();
-                node.handle_tun_packet(now, &tun_buf[..n]);
-                for _ in 1..BATCH {
-                    let Ok(n) = tun.try_recv(&mut tun_buf) else { break };
-                    node.handle_tun_packet(now, &tun_buf[..n]);
+                let mut n = n;
+                for _ in 0..RECV_CALLS {
+                    for i in 0..n {
+                        node.handle_tun_packet(now, tun_io.packet(i));
+                    }
+                    match tun_io.try_recv(tun) {
+                        Ok(more) => n = more,
+                        Err(_) => break,
+                    }
                 }
             },
             _ = tokio::time::sleep_until(wake.into()) => node.handle_timeout(Instant::now()),
@@ -181,7 +196,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     os.names.stop();
     node.shutdown();
     while let Some(t) = node.poll_transmit() {
-        let _ = udp.send_to(&t.payload, t.dst).await;
+        udp.send_now(t.dst, &t.payload).await;
     }
     cleanup(&opts.state, os.tun.take(), Some(&os.net)).await?;
     result
@@ -208,7 +223,7 @@ impl Os<'_> {
                     }
                 }
                 Command::CreateInterface(placement) => {
-                    let device = netconf::create_tun(iface)?;
+                    let device = netconf::create_tun(iface, self.opts.offload)?;
                     self.net.set_address(iface, None, &placement).await?;
                     self.net.install_routes(iface, &placement).await?;
                     info!(interface = %iface, "mesh interface up");
@@ -291,7 +306,7 @@ fn kernel_groups(iface: &str) -> Vec<Ipv4Addr> {
         .unwrap_or_default()
 }
 
-fn bind_socket(port: u16) -> anyhow::Result<UdpSocket> {
+fn bind_socket(port: u16) -> anyhow::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     // Our own packets must never be routed into the mesh interface (see netconf).
@@ -309,7 +324,7 @@ fn bind_socket(port: u16) -> anyhow::Result<UdpSocket> {
         ),
         _ => anyhow::anyhow!("cannot bind UDP port {port}: {e}"),
     })?;
-    Ok(UdpSocket::from_std(socket.into())?)
+    Ok(socket.into())
 }
 
 async fn cleanup(

@@ -14,6 +14,7 @@ pub mod node_state;
 pub mod paths;
 pub mod relays;
 pub mod stun_client;
+pub mod tun_batch;
 pub mod wg_clock;
 
 #[cfg(test)]

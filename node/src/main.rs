@@ -123,6 +123,11 @@ struct UpArgs {
     /// (resolved when it runs, else hosts) or `off` [default: auto].
     #[arg(long, value_name = "HOW")]
     dns: Option<Backend>,
+    /// Segmentation offload: read and write the mesh interface in 64 KiB TCP/UDP trains (TUN
+    /// with a virtio-net header: TSO/USO and GRO) and the socket with UDP GSO/GRO;
+    /// `--offload=false` moves one packet per system call [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    offload: Option<bool>,
     /// TOML config file; flags given on the command line win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -145,6 +150,7 @@ struct NodeConfig {
     lan_broadcast_pps: Option<u32>,
     lan_broadcast_kbit: Option<u32>,
     dns: Option<String>,
+    offload: Option<bool>,
 }
 
 /// Where the node keeps its key, the pinned coordinator key and its control socket.
@@ -215,6 +221,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     args.stun
                 },
                 keepalive_secs,
+                offload: args.offload.or(cfg.offload).unwrap_or(true),
                 lan,
                 dns: match (args.dns, cfg.dns) {
                     (Some(d), _) => d,

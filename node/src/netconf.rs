@@ -40,14 +40,16 @@ const RULES: [u32; 3] = [RULE_MARKED, RULE_MAIN_SPECIFIC, RULE_MESH];
 /// and IPv4/UDP's 28: relayed packets must not fragment.
 pub const MTU: u16 = 1360;
 
-/// Creates the TUN interface `name` (up, without an address: see [`set_address`]).
-pub fn create_tun(name: &str) -> anyhow::Result<tun_rs::AsyncDevice> {
+/// Creates the TUN interface `name` (up, without an address: see [`set_address`]), with a
+/// virtio-net header and TCP/UDP segmentation offload when `offload` is set.
+pub fn create_tun(name: &str, offload: bool) -> anyhow::Result<tun_rs::AsyncDevice> {
     if !std::path::Path::new("/dev/net/tun").exists() {
         bail!("/dev/net/tun is missing: load the tun module (sudo modprobe tun)");
     }
     tun_rs::DeviceBuilder::new()
         .name(name)
         .mtu(MTU)
+        .offload(offload)
         .build_async()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(

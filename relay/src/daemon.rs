@@ -3,10 +3,11 @@
 //! the socket and the core, sleeps until the core's next timeout and runs its OS commands.
 
 use crate::relay_state::{Command, RelayConfig, RelayState};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use lanmesh_common::local_api;
 use lanmesh_common::net::{coordinator_target, resolve};
 use lanmesh_common::state_dir::StateDir;
+use lanmesh_common::udp_batch::BatchSocket;
 use lanmesh_common::unix_ns;
 use lanmesh_proto::client::ClientConfig;
 use lanmesh_proto::messages::Role;
@@ -14,13 +15,12 @@ use lanmesh_proto::JoinKey;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Instant;
-use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::info;
 
-/// Datagrams handled per turn of the loop at most.
-const BATCH: usize = 64;
+/// `recvmmsg` calls (each up to 8 datagram trains) per turn of the loop at most.
+const RECV_CALLS: usize = 8;
 
 pub struct Options {
     pub listen: SocketAddr,
@@ -56,7 +56,7 @@ pub struct Status {
     pub dropped: u64,
 }
 
-fn bind_socket(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
+fn bind_socket(listen: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(listen),
@@ -76,13 +76,14 @@ fn bind_socket(listen: SocketAddr) -> anyhow::Result<UdpSocket> {
         ),
         _ => anyhow::anyhow!("cannot listen on UDP {listen}: {e}"),
     })?;
-    Ok(UdpSocket::from_std(socket.into())?)
+    Ok(socket.into())
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     opts.state.create()?;
     let private = opts.state.private_key()?;
-    let socket = bind_socket(opts.listen)?;
+    let mut socket = BatchSocket::new(bind_socket(opts.listen)?, true)
+        .context("cannot set up the relay's UDP socket")?;
     let listener = local_api::listen(&opts.state.socket(), "relay")?;
     let (api_tx, mut api_rx) = mpsc::channel::<local_api::Call<Request, Status>>(16);
     local_api::serve(listener, api_tx, |_| None);
@@ -117,13 +118,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let mut relay = RelayState::new(config, Instant::now(), unix_ns());
     info!(public = %relay.public_key(), listen = %opts.listen, %coordinator, "relay starting");
-    let mut buf = vec![0u8; 65_536];
     let result = loop {
+        // Datagrams for one member leave together (UDP GSO); a full socket buffer drops
+        // them, like a full NIC queue would.
         while let Some(t) = relay.poll_transmit() {
-            // A full socket buffer drops the datagram, like a full NIC queue would.
-            let _ = socket.try_send_to(&t.payload, t.dst);
+            socket.send(t.dst, &t.payload);
             relay.recycle(t.payload);
         }
+        socket.flush();
         let mut stop = None;
         while let Some(command) = relay.poll_command() {
             match command {
@@ -144,12 +146,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tokio::select! {
             // What else is waiting is read in the same turn (one timer registration per
             // batch, not per datagram); what it earns goes out at the top of the loop.
-            r = socket.recv_from(&mut buf) => if let Ok((n, src)) = r {
+            r = socket.readable() => if r.is_ok() {
                 let now = Instant::now();
-                relay.handle_datagram(now, src, &mut buf, n);
-                for _ in 1..BATCH {
-                    let Ok((n, src)) = socket.try_recv_from(&mut buf) else { break };
-                    relay.handle_datagram(now, src, &mut buf, n);
+                for _ in 0..RECV_CALLS {
+                    let got = socket.try_recv(|src, d| {
+                        let n = d.len();
+                        relay.handle_datagram(now, src, d, n)
+                    });
+                    if got == 0 {
+                        break;
+                    }
                 }
             },
             _ = tokio::time::sleep_until(relay.poll_timeout().into()) => {
@@ -164,7 +170,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     relay.shutdown();
     while let Some(t) = relay.poll_transmit() {
-        let _ = socket.send_to(&t.payload, t.dst).await;
+        socket.send_now(t.dst, &t.payload).await;
     }
     let _ = std::fs::remove_file(opts.state.socket());
     info!("relay stopped");
