@@ -103,6 +103,16 @@ pub struct BatchSocket {
     gso: bool,
     rx: Vec<Vec<u8>>,
     metas: Vec<RecvMeta>,
+    pub counters: UdpCounters,
+}
+
+/// System calls and the datagrams they moved.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UdpCounters {
+    pub sends: u64,
+    pub datagrams_out: u64,
+    pub receives: u64,
+    pub datagrams_in: u64,
 }
 
 impl BatchSocket {
@@ -121,6 +131,7 @@ impl BatchSocket {
             gso: offload,
             rx: vec![vec![0; RX_SLOT_LEN]; RX_SLOTS],
             metas: vec![RecvMeta::default(); RX_SLOTS],
+            counters: UdpCounters::default(),
         })
     }
 
@@ -160,6 +171,8 @@ impl BatchSocket {
         let sent = self.io.try_io(Interest::WRITABLE, || {
             self.state.send((&self.io).into(), &transmit)
         });
+        self.counters.sends += 1;
+        self.counters.datagrams_out += self.batch.len() as u64;
         if let Err(e) = sent {
             if self.batch.len() > 1 && e.kind() != io::ErrorKind::WouldBlock {
                 // quinn-udp stops segmenting on EIO/EINVAL (no checksum offload on the egress):
@@ -169,6 +182,7 @@ impl BatchSocket {
                 let dst = transmit.destination;
                 for d in self.batch.datagrams() {
                     let _ = self.io.try_send_to(d, dst);
+                    self.counters.sends += 1;
                 }
             }
         }
@@ -204,6 +218,7 @@ impl BatchSocket {
         }) else {
             return 0;
         };
+        self.counters.receives += 1;
         let mut count = 0;
         for (meta, slice) in metas.iter().zip(slices.iter_mut()).take(n) {
             for datagram in gro_segments(&mut slice[..meta.len], meta.stride) {
@@ -211,6 +226,7 @@ impl BatchSocket {
                 f(normalize(meta.addr), datagram);
             }
         }
+        self.counters.datagrams_in += count as u64;
         count
     }
 }

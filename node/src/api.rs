@@ -95,6 +95,28 @@ pub struct Status {
     /// `broadcast_tx`, `broadcast_rx`, `broadcast_dropped`.
     #[serde(flatten, default)]
     pub counters: LanCounters,
+    /// How packets move between the interface, the core and the socket.
+    #[serde(default)]
+    pub data_path: DataPathStatus,
+}
+
+/// The driver's batching: whether offload is on and how many packets each system call
+/// moved (packets ÷ calls is the batch size).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPathStatus {
+    /// The mesh interface takes and gives 64 KiB TCP/UDP trains (`--offload`).
+    pub tun_offload: bool,
+    /// Sends to one destination leave as one UDP GSO train (false: not asked for, or the
+    /// network card could not, and the socket fell back to single datagrams).
+    pub udp_gso: bool,
+    pub tun_reads: u64,
+    pub tun_packets_in: u64,
+    pub tun_writes: u64,
+    pub tun_packets_out: u64,
+    pub udp_sends: u64,
+    pub udp_datagrams_out: u64,
+    pub udp_receives: u64,
+    pub udp_datagrams_in: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

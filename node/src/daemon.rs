@@ -2,7 +2,7 @@
 //! the local control socket and the name service; it moves bytes between them and the core,
 //! sleeps until the core's next timeout, and runs the OS commands the core asks for.
 
-use crate::api::{Request, Response};
+use crate::api::{DataPathStatus, Request, Response};
 use crate::lan::{igmp, LanConfig};
 use crate::name_service::NameService;
 use crate::names::Backend;
@@ -140,6 +140,9 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
         }
         while let Some((id, mut response)) = node.poll_reply() {
             os.fill_names(&mut response);
+            if let Response::Status(status) = &mut response {
+                status.data_path = data_path(&opts, &os, &tun_io, &udp);
+            }
             if let Some(reply) = calls.remove(&id) {
                 let _ = reply.send(response);
             }
@@ -165,9 +168,12 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
             r = tun_read => if let (Ok(n), Some(tun)) = (r, &os.tun) {
                 let now = Instant::now();
                 let mut n = n;
-                for _ in 0..RECV_CALLS {
+                for call in 1..=RECV_CALLS {
                     for i in 0..n {
                         node.handle_tun_packet(now, tun_io.packet(i));
+                    }
+                    if call == RECV_CALLS {
+                        break; // Only read what this turn will handle.
                     }
                     match tun_io.try_recv(tun) {
                         Ok(more) => n = more,
@@ -257,6 +263,31 @@ impl Os<'_> {
                 p.dns_name = self.names.dns_name(&p.name, ip);
             }
         }
+    }
+}
+
+/// What the driver knows of the data path: offload and how many packets each call moved.
+fn data_path(opts: &UpOptions, os: &Os, tun: &TunBatch, udp: &BatchSocket) -> DataPathStatus {
+    // The interface's own counters: every write is one packet to the kernel, however many
+    // segments it coalesced.
+    let writes = std::fs::read_to_string(format!(
+        "/sys/class/net/{}/statistics/rx_packets",
+        opts.interface
+    ))
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(0);
+    DataPathStatus {
+        tun_offload: opts.offload && os.tun.as_ref().is_some_and(|t| t.tcp_gso()),
+        udp_gso: udp.uses_gso(),
+        tun_reads: tun.counters.reads,
+        tun_packets_in: tun.counters.packets_in,
+        tun_writes: writes,
+        tun_packets_out: tun.counters.packets_out,
+        udp_sends: udp.counters.sends,
+        udp_datagrams_out: udp.counters.datagrams_out,
+        udp_receives: udp.counters.receives,
+        udp_datagrams_in: udp.counters.datagrams_in,
     }
 }
 

@@ -405,6 +405,23 @@ fn print_status(s: &api::Status) {
         "lan broadcast: {state}; sent {}, received {}, dropped {}",
         s.counters.broadcast_tx, s.counters.broadcast_rx, s.counters.broadcast_dropped
     );
+    let d = &s.data_path;
+    let per = |packets: u64, calls: u64| {
+        if calls == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}", packets as f64 / calls as f64)
+        }
+    };
+    println!(
+        "data path: offload {}, UDP GSO {}; packets per call: TUN read {}, TUN write {}, UDP send {}, UDP receive {}",
+        if d.tun_offload { "on" } else { "off" },
+        if d.udp_gso { "on" } else { "off" },
+        per(d.tun_packets_in, d.tun_reads),
+        per(d.tun_packets_out, d.tun_writes),
+        per(d.udp_datagrams_out, d.udp_sends),
+        per(d.udp_datagrams_in, d.udp_receives),
+    );
     if let Some(domain) = &s.domain {
         match s.names.as_str() {
             "off" | "" => println!("names: off (--dns off)"),

@@ -520,3 +520,4 @@ fn pings_without_a_counter_get_a_few_pongs_only() {
 }
 
 mod lan;
+mod offload;

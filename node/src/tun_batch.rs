@@ -20,6 +20,16 @@ pub struct TunBatch {
     tx: Vec<Vec<u8>>,
     queued: usize,
     gro: GROTable,
+    pub counters: TunCounters,
+}
+
+/// Reads and the packets they brought; packets written (the writes themselves, after
+/// coalescing, are the interface's own `rx_packets`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TunCounters {
+    pub reads: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
 }
 
 impl Default for TunBatch {
@@ -34,6 +44,7 @@ impl Default for TunBatch {
                 .collect(),
             queued: 0,
             gro: GROTable::new(),
+            counters: TunCounters::default(),
         }
     }
 }
@@ -41,13 +52,22 @@ impl Default for TunBatch {
 impl TunBatch {
     /// Waits for the next read and returns how many packets it brought.
     pub async fn recv(&mut self, tun: &AsyncDevice) -> io::Result<usize> {
-        tun.recv_multiple(&mut self.raw, &mut self.rx, &mut self.sizes, 0)
-            .await
+        let n = tun
+            .recv_multiple(&mut self.raw, &mut self.rx, &mut self.sizes, 0)
+            .await?;
+        Ok(self.count(n))
     }
 
     /// The next read if one is waiting (`WouldBlock` if not).
     pub fn try_recv(&mut self, tun: &AsyncDevice) -> io::Result<usize> {
-        tun.try_recv_multiple(&mut self.raw, &mut self.rx, &mut self.sizes, 0)
+        let n = tun.try_recv_multiple(&mut self.raw, &mut self.rx, &mut self.sizes, 0)?;
+        Ok(self.count(n))
+    }
+
+    fn count(&mut self, packets: usize) -> usize {
+        self.counters.reads += 1;
+        self.counters.packets_in += packets as u64;
+        packets
     }
 
     /// The `i`th packet of the last read.
@@ -62,6 +82,7 @@ impl TunBatch {
         b.resize(VIRTIO_NET_HDR_LEN, 0);
         b.extend_from_slice(packet);
         self.queued += 1;
+        self.counters.packets_out += 1;
         self.queued == self.tx.len()
     }
 

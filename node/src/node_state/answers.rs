@@ -107,6 +107,7 @@ pub(super) fn status(node: &NodeState, now: Instant) -> Status {
             .unwrap_or_default(),
         domain: identity.map(|i| i.domain.clone()),
         names: String::new(),
+        data_path: Default::default(), // The driver's to tell.
         lan_broadcast: LanBroadcastStatus {
             enabled: mesh.lan_config().enabled,
             allowed_by_network: mesh.lan_allowed(),
