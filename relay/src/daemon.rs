@@ -79,6 +79,16 @@ fn bind_socket(listen: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// Sends what the core queued: datagrams for one member together (UDP GSO); a full socket
+/// buffer drops them, like a full NIC queue would.
+fn flush(relay: &mut RelayState, socket: &mut BatchSocket) {
+    while let Some(t) = relay.poll_transmit() {
+        socket.send(t.dst, &t.payload);
+        relay.recycle(t.payload);
+    }
+    socket.flush();
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     opts.state.create()?;
     let private = opts.state.private_key()?;
@@ -119,13 +129,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut relay = RelayState::new(config, Instant::now(), unix_ns());
     info!(public = %relay.public_key(), listen = %opts.listen, %coordinator, "relay starting");
     let result = loop {
-        // Datagrams for one member leave together (UDP GSO); a full socket buffer drops
-        // them, like a full NIC queue would.
-        while let Some(t) = relay.poll_transmit() {
-            socket.send(t.dst, &t.payload);
-            relay.recycle(t.payload);
-        }
-        socket.flush();
+        flush(&mut relay, &mut socket);
         let mut stop = None;
         while let Some(command) = relay.poll_command() {
             match command {
@@ -156,6 +160,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     if got == 0 {
                         break;
                     }
+                    flush(&mut relay, &mut socket); // Each read's datagrams leave before the next.
                 }
             },
             _ = tokio::time::sleep_until(relay.poll_timeout().into()) => {
