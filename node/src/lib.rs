@@ -15,6 +15,7 @@ pub mod paths;
 pub mod relays;
 pub mod stun_client;
 pub mod tun_batch;
+pub mod wake_timer;
 pub mod wg_clock;
 
 #[cfg(test)]

@@ -95,6 +95,8 @@ const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
 const QUICK_RETRIES: u32 = 4;
 /// Data sent this recently waits for a handshake.
 const DATA_WAITING: Duration = Duration::from_secs(10);
+/// A peer counts as busy (short ticks) this long after data or a handshake.
+const BUSY_AFTER_DATA: Duration = Duration::from_secs(5);
 
 /// Without a direct path for this long, traffic goes through the home relay (and punching
 /// goes on in the background; a direct path takes over as soon as one answers).
@@ -586,6 +588,19 @@ impl Mesh {
                 }
             }
         }
+    }
+
+    /// Whether any peer had data lately or waits for a handshake: WireGuard's timers then
+    /// need the short tick (quick handshake retries, path reports).
+    pub fn is_busy(&self, now: Instant) -> bool {
+        let recent = |t: Option<Instant>| {
+            t.is_some_and(|t| now.saturating_duration_since(t) < BUSY_AFTER_DATA)
+        };
+        self.slots.iter().flatten().any(|p| {
+            recent(p.paths.last_data_tx())
+                || recent(p.paths.last_rx())
+                || (!p.session_alive() && recent(p.last_initiation))
+        })
     }
 
     /// The keepalive interval each peer's tunnel runs with.

@@ -28,8 +28,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
-/// WireGuard's timers, LAN announcements and path reports run this often.
+/// WireGuard's timers, LAN announcements and path reports run this often while data flows
+/// or a handshake is under way...
 const TICK: Duration = Duration::from_millis(250);
+/// ...and this often when the node is idle (every peer's timers, however many peers, in one
+/// wakeup: an idle node wakes about once a second). Interfaces and multicast groups are
+/// re-read on these ticks too.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Interface addresses are re-read this often (they change when networks do).
 const INTERFACES_INTERVAL: Duration = Duration::from_secs(10);
 /// The kernel's multicast groups on the mesh interface are re-read this often (and at once
@@ -198,6 +203,7 @@ impl NodeState {
     /// A datagram from the node's UDP socket: the one place it is told apart.
     pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, datagram: &[u8]) {
         let scratch = &mut self.scratch;
+        self.next_tick = self.next_tick.min(now + TICK);
         match route(datagram) {
             // The data path: nothing the control plane needs to look at comes of it.
             Route::WireGuard => return self.mesh.handle_datagram(now, src, datagram, scratch),
@@ -216,6 +222,7 @@ impl NodeState {
     /// A packet read from the mesh interface (the data path: nothing for the control plane
     /// comes of it; punches it asks for go out at the next timeout, which it makes due).
     pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) {
+        self.next_tick = self.next_tick.min(now + TICK);
         self.mesh.handle_tun_packet(now, packet, &mut self.scratch);
     }
 
@@ -225,9 +232,8 @@ impl NodeState {
             self.control.poll_timeout(),
             self.mesh.poll_timeout(),
             self.stun.poll_timeout(),
+            // Interfaces and groups are read on ticks (at most an idle tick late).
             Some(self.next_tick),
-            Some(self.next_interfaces),
-            self.identity.as_ref().map(|_| self.next_groups),
         ]
         .into_iter()
         .flatten()
@@ -245,8 +251,9 @@ impl NodeState {
         }
         self.stun.handle_timeout(now);
         if now >= self.next_tick {
-            self.next_tick = now + TICK;
             self.mesh.tick(now, &mut self.scratch);
+            let busy = self.mesh.is_busy(now);
+            self.next_tick = now + if busy { TICK } else { IDLE_TICK };
         }
         self.mesh.handle_timeout(now, &mut self.scratch);
         if now >= self.next_interfaces {
@@ -268,7 +275,8 @@ impl NodeState {
         match request {
             Request::Status => {
                 let status = answers::status(self, now);
-                self.replies.push_back((id, Response::Status(status)));
+                self.replies
+                    .push_back((id, Response::Status(Box::new(status))));
             }
             Request::Ping { peer } => match self.mesh.ping(now, &peer, &mut self.scratch) {
                 Ok((tx, name, via)) => self.pings.push(PendingPing {
