@@ -7,7 +7,8 @@
 #
 #   bench/throughput.sh                          3 rounds of 10 s per measurement
 #   bench/throughput.sh --seconds 5 --rounds 1   quicker
-#   bench/throughput.sh --only lanmesh,bt1       some of: lanmesh bt1 bt wggo lanmesh-relay
+#   bench/throughput.sh --only lanmesh,bt1       some of: lanmesh lanmesh-nooff bt1 bt wggo
+#                                                lanmesh-relay
 #
 # Installs what it compares against: wireguard-go, wireguard-tools and iperf3 with apt-get;
 # boringtun-cli with `cargo install` into target/bench-tools (once). Builds as the invoking

@@ -90,7 +90,11 @@ impl GsoBatch {
 /// Splits a received buffer of `len` bytes holding datagrams `stride` bytes apart (GRO; the
 /// last may be shorter) into the datagrams.
 pub fn gro_segments(buf: &mut [u8], stride: usize) -> impl Iterator<Item = &mut [u8]> {
-    let step = if stride == 0 { buf.len().max(1) } else { stride };
+    let step = if stride == 0 {
+        buf.len().max(1)
+    } else {
+        stride
+    };
     buf.chunks_mut(step)
 }
 
@@ -271,7 +275,10 @@ mod tests {
         assert!(b.try_add(addr(1), &[1; 100], 64));
         assert!(b.try_add(addr(1), &[2; 100], 64));
         assert!(b.try_add(addr(1), &[3; 40], 64), "the last may be shorter");
-        assert!(!b.try_add(addr(1), &[4; 40], 64), "nothing after a shorter one");
+        assert!(
+            !b.try_add(addr(1), &[4; 40], 64),
+            "nothing after a shorter one"
+        );
         let t = b.transmit().unwrap();
         assert_eq!((t.contents.len(), t.segment_size), (240, Some(100)));
         let parts: Vec<_> = b.datagrams().map(|d| (d[0], d.len())).collect();
@@ -307,7 +314,9 @@ mod tests {
     #[test]
     fn gro_buffers_split_at_the_stride() {
         let mut buf: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
-        let lens: Vec<_> = gro_segments(&mut buf, 100).map(|d| (d[0], d.len())).collect();
+        let lens: Vec<_> = gro_segments(&mut buf, 100)
+            .map(|d| (d[0], d.len()))
+            .collect();
         assert_eq!(lens, [(0, 100), (100, 100), (200, 50)]);
         assert_eq!(gro_segments(&mut buf, 0).count(), 1);
         assert_eq!(normalize("[::ffff:10.0.0.1]:5".parse().unwrap()), addr_v4());

@@ -20,7 +20,7 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Status(Status),
+    Status(Box<Status>),
     GoingDown,
     Pong(PingResult),
     Netcheck(Netcheck),

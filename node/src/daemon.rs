@@ -9,6 +9,7 @@ use crate::names::Backend;
 use crate::netconf::{self, Netlink};
 use crate::node_state::{Command, NodeConfig, NodeState};
 use crate::tun_batch::TunBatch;
+use crate::wake_timer::WakeTimer;
 use anyhow::{bail, Context};
 use lanmesh_common::local_api;
 use lanmesh_common::net::{coordinator_target, resolve};
@@ -46,9 +47,12 @@ pub struct UpOptions {
 
 type ApiCall = local_api::Call<Request, Response>;
 
-/// Reads (each a `recvmmsg` of up to 8 datagram trains, or one TUN read of up to 64 KiB)
-/// per turn of the loop at most.
+/// `recvmmsg` calls (each up to 8 datagrams or GRO trains of them) per turn of the loop.
 const RECV_CALLS: usize = 8;
+/// TUN reads (each one packet, or a train of up to 64 KiB with offload) and packets per turn
+/// of the loop at most.
+const TUN_READS: usize = 64;
+const TUN_PACKETS: usize = 256;
 
 pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     if !netconf::has_net_admin() {
@@ -114,27 +118,10 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let (mut calls, mut next_call) = (HashMap::<u64, oneshot::Sender<Response>>::new(), 0u64);
     let mut tun_io = TunBatch::default();
     let mut dns_buf = vec![0u8; 1500];
+    // One timer, moved when the core's next timeout moves (not a new one per turn).
+    let mut timer = WakeTimer::new().context("cannot create the node's timer")?;
     let result: anyhow::Result<()> = loop {
-        // Datagrams for one destination leave together (UDP GSO), packets for the TUN too
-        // (coalesced by flow).
-        while let Some(t) = node.poll_transmit() {
-            udp.send(t.dst, &t.payload);
-            node.recycle(t.payload);
-        }
-        udp.flush();
-        while let Some(p) = node.poll_tun_write() {
-            if tun_io.queue(&p) {
-                match &os.tun {
-                    Some(tun) => tun_io.write(tun).await,
-                    None => tun_io.discard(),
-                }
-            }
-            node.recycle(p);
-        }
-        match &os.tun {
-            Some(tun) => tun_io.write(tun).await,
-            None => tun_io.discard(),
-        }
+        flush_data(&mut node, &mut udp, &mut tun_io, os.tun.as_ref()).await;
         if let Err(e) = os.run_commands(&mut node).await {
             break Err(e);
         }
@@ -147,7 +134,9 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 let _ = reply.send(response);
             }
         }
-        let wake = node.poll_timeout();
+        if let Err(e) = timer.set(node.poll_timeout()) {
+            break Err(anyhow::anyhow!("cannot set the node's timer: {e}"));
+        }
         let tun_read = async {
             match &os.tun {
                 Some(t) => tun_io.recv(t).await,
@@ -163,16 +152,26 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                     if udp.try_recv(|src, d| node.handle_datagram(now, src, d)) == 0 {
                         break;
                     }
+                    // What these brought leaves before the next read: a lone packet (a ping)
+                    // waits for nothing.
+                    flush_data(&mut node, &mut udp, &mut tun_io, os.tun.as_ref()).await;
                 }
             },
             r = tun_read => if let (Ok(n), Some(tun)) = (r, &os.tun) {
                 let now = Instant::now();
-                let mut n = n;
-                for call in 1..=RECV_CALLS {
+                // Without offload every read brings one packet: read on until the queue is
+                // empty (or enough for one turn), then send them all in one GSO train.
+                let (mut n, mut packets) = (n, 0);
+                for call in 1..=TUN_READS {
                     for i in 0..n {
                         node.handle_tun_packet(now, tun_io.packet(i));
                     }
-                    if call == RECV_CALLS {
+                    packets += n;
+                    if call == 1 && n == 1 {
+                        // A lone packet (a ping, a keystroke) leaves before we look for more.
+                        flush_data(&mut node, &mut udp, &mut tun_io, Some(tun)).await;
+                    }
+                    if call == TUN_READS || packets >= TUN_PACKETS {
                         break; // Only read what this turn will handle.
                     }
                     match tun_io.try_recv(tun) {
@@ -180,8 +179,12 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                         Err(_) => break,
                     }
                 }
+                flush_data(&mut node, &mut udp, &mut tun_io, Some(tun)).await;
             },
-            _ = tokio::time::sleep_until(wake.into()) => node.handle_timeout(Instant::now()),
+            r = timer.wait() => match r {
+                Ok(()) => node.handle_timeout(Instant::now()),
+                Err(e) => break Err(anyhow::anyhow!("the node's timer failed: {e}")),
+            },
             Some((request, reply)) = api_rx.recv() => {
                 if matches!(request, Request::Down) {
                     drop(reply); // Already answered by the API task.
@@ -206,6 +209,34 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     }
     cleanup(&opts.state, os.tun.take(), Some(&os.net)).await?;
     result
+}
+
+/// Sends what the core queued: datagrams for one destination together (UDP GSO), packets for
+/// the TUN coalesced by flow.
+async fn flush_data(
+    node: &mut NodeState,
+    udp: &mut BatchSocket,
+    tun_io: &mut TunBatch,
+    tun: Option<&tun_rs::AsyncDevice>,
+) {
+    while let Some(t) = node.poll_transmit() {
+        udp.send(t.dst, &t.payload);
+        node.recycle(t.payload);
+    }
+    udp.flush();
+    while let Some(p) = node.poll_tun_write() {
+        if tun_io.queue(&p) {
+            match tun {
+                Some(tun) => tun_io.write(tun).await,
+                None => tun_io.discard(),
+            }
+        }
+        node.recycle(p);
+    }
+    match tun {
+        Some(tun) => tun_io.write(tun).await,
+        None => tun_io.discard(),
+    }
 }
 
 /// What the driver does for the core: the interface, names, the state dir.

@@ -64,7 +64,9 @@ fn pair(lab: &Lab, w: &World, relayed: bool, offload: bool) -> Pair {
     let b_ip = b.wait_peers(lab, 1, MESH_TIMEOUT).mesh_ip;
     let a_ip = a.wait_peers(lab, 1, MESH_TIMEOUT).mesh_ip;
     for (from, ip) in [(&a, &b_ip), (&b, &a_ip)] {
-        wait_until(MESH_TIMEOUT, "a first ping", || lab.ping(&from.host.ns, ip, 1));
+        wait_until(MESH_TIMEOUT, "a first ping", || {
+            lab.ping(&from.host.ns, ip, 1)
+        });
     }
     let path = if relayed { "relay" } else { "direct" };
     a.wait_path(lab, "b", path, MESH_TIMEOUT);
@@ -90,13 +92,17 @@ fn per(s: &Status, packets: &str, calls: &str) -> f64 {
 /// Polls until each end's WireGuard byte counters match the other's (bytes sealed by one
 /// are the bytes the other opened: nothing was lost or counted twice).
 fn counters_agree(lab: &Lab, p: &Pair) -> (u64, u64) {
-    wait_for(Duration::from_secs(15), "a's and b's byte counters to agree", || {
-        let sa = p.a.status(lab)?;
-        let sb = p.b.status(lab)?;
-        let (ab, ba) = (sa.peer("b")?, sb.peer("a")?);
-        (ab.tx_bytes == ba.rx_bytes && ba.tx_bytes == ab.rx_bytes)
-            .then_some((ab.tx_bytes, ba.tx_bytes))
-    })
+    wait_for(
+        Duration::from_secs(15),
+        "a's and b's byte counters to agree",
+        || {
+            let sa = p.a.status(lab)?;
+            let sb = p.b.status(lab)?;
+            let (ab, ba) = (sa.peer("b")?, sb.peer("a")?);
+            (ab.tx_bytes == ba.rx_bytes && ba.tx_bytes == ab.rx_bytes)
+                .then_some((ab.tx_bytes, ba.tx_bytes))
+        },
+    )
 }
 
 fn bulk_both_ways(tag: &str, relayed: bool, offload: bool) {
@@ -114,7 +120,13 @@ fn bulk_both_ways(tag: &str, relayed: bool, offload: bool) {
     } else {
         &[]
     };
-    let w = World::build(&lab, WorldSpec { stun: false, relays });
+    let w = World::build(
+        &lab,
+        WorldSpec {
+            stun: false,
+            relays,
+        },
+    );
     let p = pair(&lab, &w, relayed, offload);
     let to_b = Transfer::start(
         &lab,
@@ -228,7 +240,14 @@ fn mixed_traffic_under_bulk() {
         &p.a.host.ns,
         &tk,
         [
-            "udp-send", "--to", &echo_addr, "--text", "probe", "--count", "40", "--recv-ms",
+            "udp-send",
+            "--to",
+            &echo_addr,
+            "--text",
+            "probe",
+            "--count",
+            "40",
+            "--recv-ms",
             "1500",
         ],
         "udp-send",

@@ -193,7 +193,11 @@ fn consecutive_segments_coalesce_back_into_one_write() {
     assert_eq!(usize::from(u16::from_be_bytes([p[2], p[3]])), p.len());
     assert!(ip_checksum_ok(p));
     assert_eq!(tcp_seq(p), SEQ);
-    assert_eq!(tcp_flags(p), ACK | PSH, "the PSH of the last segment is kept");
+    assert_eq!(
+        tcp_flags(p),
+        ACK | PSH,
+        "the PSH of the last segment is kept"
+    );
     assert_eq!(tcp_payload(p), &data[..]);
 }
 
@@ -204,7 +208,10 @@ fn a_fin_a_gap_or_ip_options_end_coalescing() {
     let written = coalesce(&split(&tcp_packet(0, ACK | FIN, SEQ, &data), 1_300));
     assert_eq!(written.len(), 2);
     assert_eq!(tcp_flags(&written[1].1), ACK | FIN);
-    let joined: Vec<u8> = written.iter().flat_map(|(_, p)| tcp_payload(p).to_vec()).collect();
+    let joined: Vec<u8> = written
+        .iter()
+        .flat_map(|(_, p)| tcp_payload(p).to_vec())
+        .collect();
     assert_eq!(joined, data);
     // A lost segment in the middle: two writes, nothing invented.
     let mut segments = split(&tcp_packet(0, ACK, SEQ, &payload(6_500)), 1_300);
@@ -242,7 +249,10 @@ fn a_train_crosses_two_meshes_as_one_gso_send_and_one_tun_write() {
     let mut batch = GsoBatch::default();
     for (dst, d) in &sent {
         assert_eq!(*dst, b.addr);
-        assert!(batch.try_add(*dst, d, 64), "every datagram joins the one GSO batch");
+        assert!(
+            batch.try_add(*dst, d, 64),
+            "every datagram joins the one GSO batch"
+        );
     }
     assert_eq!(batch.len(), segments.len());
     let later = now + Duration::from_millis(1);
@@ -250,7 +260,10 @@ fn a_train_crosses_two_meshes_as_one_gso_send_and_one_tun_write() {
         b.mesh.handle_datagram(later, a.addr, d, &mut scratch);
     }
     b.collect();
-    assert_eq!(b.io.tun, segments, "b's TUN gets the segments in order, intact");
+    assert_eq!(
+        b.io.tun, segments,
+        "b's TUN gets the segments in order, intact"
+    );
     let written = coalesce(&b.io.tun);
     assert_eq!(written.len(), 1);
     assert_eq!(tcp_payload(&written[0].1), &data[..]);

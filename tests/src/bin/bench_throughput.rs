@@ -12,13 +12,16 @@
 //! the CPU both daemons used during each transfer. Implementations, interleaved, a fresh lab
 //! each time, R rounds (default 3), medians printed:
 //! - `lanmesh`: coordinator, node a, node b (direct over the switch);
+//! - `lanmesh-nooff`: the same with `--offload=false` (one packet per system call: the
+//!   fallback path's figures);
 //! - `lanmesh-relay`: a and b behind symmetric NATs, so every packet goes through a relay;
 //! - `bt1`: boringtun-cli 0.7.1 `--threads 1`; `bt`: boringtun-cli with its default 4 threads;
 //! - `wggo`: wireguard-go (the Debian package).
 //!
 //! The WireGuard peers run in a mount namespace each (both put their socket at
 //! /run/wireguard/wg0.sock) and are configured with `wg`; their MTU is 1420, lanmesh's 1360.
-//! Then an idle lanmesh node: its RSS and the CPU it uses in 10 s of silence.
+//! Then an idle lanmesh node: its RSS, the CPU it uses in 10 s of silence and how often it
+//! woke up (context switches a second).
 //!
 //! Binaries: `$LANMESH_BIN_DIR` (coordinator, node, relay); `$LANMESH_BORINGTUN` (boringtun-cli).
 
@@ -31,7 +34,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 const USAGE: &str = "usage: lanmesh-bench-throughput [--seconds S] [--rounds R] [--only NAME,...]";
-const IMPLS: [&str; 5] = ["lanmesh", "bt1", "bt", "wggo", "lanmesh-relay"];
+const IMPLS: [&str; 6] = [
+    "lanmesh",
+    "lanmesh-nooff",
+    "bt1",
+    "bt",
+    "wggo",
+    "lanmesh-relay",
+];
 const IPERF_PORT: &str = "5201";
 
 /// Starts a WireGuard peer (boringtun-cli or wireguard-go) in a mount namespace of its own,
@@ -109,13 +119,17 @@ fn main() {
     let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
     for round in 1..=o.rounds {
         for name in IMPLS.iter().filter(|n| o.only.iter().any(|x| x == *n)) {
-            let tag = format!(
-                "tp{}{round}",
-                name.replace('-', "").chars().take(5).collect::<String>()
-            );
+            let short = match *name {
+                "lanmesh" => "lm",
+                "lanmesh-nooff" => "lmno",
+                "lanmesh-relay" => "lmrl",
+                other => other,
+            };
+            let tag = format!("tp{short}{round}");
             let pair = match *name {
-                "lanmesh" => lanmesh_pair(&tag, false),
-                "lanmesh-relay" => lanmesh_pair(&tag, true),
+                "lanmesh" => lanmesh_pair(&tag, false, true),
+                "lanmesh-nooff" => lanmesh_pair(&tag, false, false),
+                "lanmesh-relay" => lanmesh_pair(&tag, true, true),
                 daemon => wg_pair(&tag, daemon),
             };
             let run = measure(&pair, o.seconds);
@@ -137,7 +151,7 @@ fn usage() -> ! {
     std::process::exit(2);
 }
 
-fn lanmesh_pair(tag: &str, relayed: bool) -> Pair {
+fn lanmesh_pair(tag: &str, relayed: bool, offload: bool) -> Pair {
     let lab = Lab::new(tag);
     let coord_host = lab.add_host("coord", "203.0.113.10");
     let coord = Coordinator::start(&lab, &coord_host, &[]);
@@ -162,7 +176,8 @@ fn lanmesh_pair(tag: &str, relayed: bool) -> Pair {
     let mut nodes = Vec::new();
     for (h, name) in [(&ha, "a"), (&hb, "b")] {
         let mut n = Node::new(&lab, h, name, &coord.addr);
-        n.up(&lab, Some(&key), &["--interface", "lm0"]);
+        let flag = format!("--offload={offload}");
+        n.up(&lab, Some(&key), &["--interface", "lm0", &flag]);
         nodes.push(n);
     }
     let sb = nodes[1].wait_peers(&lab, 1, MESH_TIMEOUT);
@@ -339,20 +354,11 @@ fn table(runs: &BTreeMap<&str, Vec<Run>>) {
         let mut v: Vec<f64> = runs.get(name)?.iter().map(f).collect();
         median(&mut v)
     };
-    let base = med("bt1", &|r| r.tcp1);
+    let base = |f: &dyn Fn(&Run) -> f64| med("bt1", f);
     println!();
     println!(
-        "{:<14} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>9}",
-        "medians",
-        "TCP×1",
-        "TCP×4",
-        "UDP",
-        "loss%",
-        "ping avg",
-        "mdev",
-        "CPU%",
-        "s/Gbit",
-        "×bt1 TCP1"
+        "{:<14} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8}  × bt1: TCP×1 TCP×4 UDP",
+        "medians", "TCP×1", "TCP×4", "UDP", "loss%", "ping avg", "mdev", "CPU%", "s/Gbit",
     );
     println!(
         "{:<14} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
@@ -363,12 +369,19 @@ fn table(runs: &BTreeMap<&str, Vec<Run>>) {
             continue;
         }
         let m = |f: &dyn Fn(&Run) -> f64| med(name, f).unwrap_or(f64::NAN);
-        let tcp1 = m(&|r| r.tcp1);
-        let ratio = base.map_or("-".into(), |b| format!("{:.2}", tcp1 / b));
+        let ratio = |f: &dyn Fn(&Run) -> f64| {
+            base(f).map_or("-".to_string(), |b| format!("{:.2}", m(f) / b))
+        };
+        let ratios = format!(
+            "{:>5} {:>5} {:>5}",
+            ratio(&|r| r.tcp1),
+            ratio(&|r| r.tcp4),
+            ratio(&|r| r.udp)
+        );
         println!(
-            "{:<14} {:>8.3} {:>8.3} {:>8.3} {:>7.1} {:>9.3} {:>9.3} {:>7.0} {:>8.2} {:>9}",
+            "{:<14} {:>8.3} {:>8.3} {:>8.3} {:>7.1} {:>9.3} {:>9.3} {:>7.0} {:>8.2}  {:>19}",
             name,
-            tcp1,
+            m(&|r| r.tcp1),
             m(&|r| r.tcp4),
             m(&|r| r.udp),
             m(&|r| r.udp_loss),
@@ -376,26 +389,36 @@ fn table(runs: &BTreeMap<&str, Vec<Run>>) {
             m(&|r| r.ping_mdev),
             m(&|r| r.cpu_pct),
             m(&|r| r.cpu_per_gbit),
-            ratio
+            ratios
         );
     }
 }
 
 /// An idle lanmesh pair: node a's RSS, and the CPU it uses in 10 s of silence.
 fn idle() {
-    let p = lanmesh_pair("tpidle", false);
+    let p = lanmesh_pair("tpidle", false, true);
     std::thread::sleep(Duration::from_secs(2));
     let pid = p.pids[0];
-    let before = cpu_ticks(pid);
+    let status = || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |text: &str, key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let switches = |text: &str| -> u64 {
+        ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+            .iter()
+            .map(|k| field(text, k).parse::<u64>().unwrap_or(0))
+            .sum()
+    };
+    let (before, woke_before) = (cpu_ticks(pid), switches(&status()));
     std::thread::sleep(Duration::from_secs(10));
+    let after = status();
     let ticks = cpu_ticks(pid) - before;
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string()))
-        .unwrap_or_default();
     println!(
-        "\nidle lanmesh node: RSS {rss}, CPU {:.2} % of a core over 10 s",
-        100.0 * ticks as f64 / clock_ticks() / 10.0
+        "\nidle lanmesh node: RSS {}, CPU {:.2} % of a core over 10 s, {:.1} wakeups/s",
+        field(&after, "VmRSS:"),
+        100.0 * ticks as f64 / clock_ticks() / 10.0,
+        (switches(&after) - woke_before) as f64 / 10.0
     );
 }
