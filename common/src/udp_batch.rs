@@ -8,8 +8,9 @@
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tracing::debug;
 
 /// The most payload one GSO send may carry (an IPv4 datagram's limit, rounded down).
@@ -98,9 +99,11 @@ pub fn gro_segments(buf: &mut [u8], stride: usize) -> impl Iterator<Item = &mut 
     buf.chunks_mut(step)
 }
 
-/// A UDP socket with batched sends and receives.
+/// A UDP socket with batched sends and receives. It is registered for reading only: sends
+/// never wait (a full buffer drops, as a NIC queue would), so the kernel's "writable again"
+/// after every send wakes nobody.
 pub struct BatchSocket {
-    io: UdpSocket,
+    io: AsyncFd<UdpSocket>,
     state: UdpSocketState,
     batch: GsoBatch,
     /// Whether GSO is used at all (`--no-offload` turns it off).
@@ -122,14 +125,17 @@ pub struct UdpCounters {
 impl BatchSocket {
     /// Wraps a bound, non-blocking socket. `offload` false keeps to one datagram per send and
     /// per receive buffer (no GSO, no GRO).
-    pub fn new(socket: std::net::UdpSocket, offload: bool) -> io::Result<BatchSocket> {
+    pub fn new(socket: UdpSocket, offload: bool) -> io::Result<BatchSocket> {
+        socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
         if !offload {
             // quinn-udp turns GRO on where it can: off again, so datagrams arrive one each.
             set_udp_gro(&socket, false);
         }
         Ok(BatchSocket {
-            io: UdpSocket::from_std(socket)?,
+            // SAFETY: the socket is owned by the AsyncFd, which deregisters it before closing.
+            io: unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+                .map_err(io::Error::from)?,
             state,
             batch: GsoBatch::default(),
             gso: offload,
@@ -140,7 +146,7 @@ impl BatchSocket {
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.local_addr()
+        self.io.get_ref().local_addr()
     }
 
     /// Whether sends still use GSO (false after a fallback or with `offload` off).
@@ -172,9 +178,8 @@ impl BatchSocket {
         let Some(transmit) = self.batch.transmit() else {
             return;
         };
-        let sent = self.io.try_io(Interest::WRITABLE, || {
-            self.state.send((&self.io).into(), &transmit)
-        });
+        let socket = self.io.get_ref();
+        let sent = self.state.send(socket.into(), &transmit);
         self.counters.sends += 1;
         self.counters.datagrams_out += self.batch.len() as u64;
         if let Err(e) = sent {
@@ -185,7 +190,7 @@ impl BatchSocket {
                 self.gso = false;
                 let dst = transmit.destination;
                 for d in self.batch.datagrams() {
-                    let _ = self.io.try_send_to(d, dst);
+                    let _ = socket.send_to(d, dst);
                     self.counters.sends += 1;
                 }
             }
@@ -194,18 +199,13 @@ impl BatchSocket {
     }
 
     /// Sends one datagram now, after what is queued (for the last words before exit).
-    pub async fn send_now(&mut self, dst: SocketAddr, datagram: &[u8]) {
+    pub fn send_now(&mut self, dst: SocketAddr, datagram: &[u8]) {
         self.flush();
-        let _ = self.io.send_to(datagram, dst).await;
-    }
-
-    /// Waits until a send can go out (sends never wait: a full socket buffer drops them).
-    pub async fn writable(&self) -> io::Result<()> {
-        self.io.writable().await
+        let _ = self.io.get_ref().send_to(datagram, dst);
     }
 
     pub async fn readable(&self) -> io::Result<()> {
-        self.io.readable().await
+        self.io.readable().await.map(|_| ())
     }
 
     /// Reads what is waiting (one `recvmmsg`) and hands each datagram to `f` (writable: the
@@ -217,8 +217,8 @@ impl BatchSocket {
             std::array::from_fn(|_| IoSliceMut::new(it.next().expect("RX_SLOTS buffers")))
         };
         let (io, state, metas) = (&self.io, &self.state, &mut self.metas);
-        let Ok(n) = io.try_io(Interest::READABLE, || {
-            state.recv(io.into(), &mut slices, metas)
+        let Ok(n) = io.try_io(Interest::READABLE, |socket| {
+            state.recv(socket.into(), &mut slices, metas)
         }) else {
             return 0;
         };
@@ -341,7 +341,6 @@ mod tests {
             let sent: Vec<Vec<u8>> = (0..20u8)
                 .map(|i| vec![i; if i == 19 { 333 } else { 1200 }])
                 .collect();
-            a.writable().await.unwrap();
             for d in &sent {
                 a.send(to, d);
             }

@@ -205,7 +205,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
     os.names.stop();
     node.shutdown();
     while let Some(t) = node.poll_transmit() {
-        udp.send_now(t.dst, &t.payload).await;
+        udp.send_now(t.dst, &t.payload);
     }
     cleanup(&opts.state, os.tun.take(), Some(&os.net)).await?;
     result

@@ -175,7 +175,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     relay.shutdown();
     while let Some(t) = relay.poll_transmit() {
-        socket.send_now(t.dst, &t.payload).await;
+        socket.send_now(t.dst, &t.payload);
     }
     let _ = std::fs::remove_file(opts.state.socket());
     info!("relay stopped");
