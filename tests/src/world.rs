@@ -3,7 +3,7 @@
 //! against it.
 
 use crate::mesh::{nat_flags, Coordinator, Node, Relay, MESH_TIMEOUT};
-use crate::{Host, Lab};
+use crate::{Host, Lab, Nat};
 
 /// Where the world's machines sit on the switch.
 pub const COORD_IP: &str = "203.0.113.10";
@@ -95,4 +95,19 @@ impl World {
         node.up(lab, Some(&self.key), &args);
         node
     }
+}
+
+/// Hosts a and b: on the switch (203.0.113.21 and .22: a direct path), or each behind a
+/// symmetric NAT with those WAN addresses (no punch works: the pair needs a relay).
+pub fn host_pair(lab: &Lab, behind_symmetric_nats: bool) -> (Host, Host) {
+    const WAN: [(&str, &str, &str); 2] = [("a", "ra", "203.0.113.21"), ("b", "rb", "203.0.113.22")];
+    let host = |(name, router, ip): (&str, &str, &str)| {
+        if behind_symmetric_nats {
+            let r = lab.add_router(router, ip, Nat::Symmetric);
+            lab.add_host_behind(&r, name, 2)
+        } else {
+            lab.add_host(name, ip)
+        }
+    };
+    (host(WAN[0]), host(WAN[1]))
 }

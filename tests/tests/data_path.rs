@@ -22,8 +22,8 @@
 //! Needs root; skips without it (fails under `CI`).
 
 use lanmesh_e2e::mesh::{Node, Status, MESH_TIMEOUT};
-use lanmesh_e2e::world::{World, WorldSpec};
-use lanmesh_e2e::{require_root, testkit, wait_for, wait_until, Lab, Nat, Transfer};
+use lanmesh_e2e::world::{host_pair, World, WorldSpec};
+use lanmesh_e2e::{require_root, testkit, wait_for, wait_until, Lab, Transfer};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -39,19 +39,7 @@ struct Pair {
 }
 
 fn pair(lab: &Lab, w: &World, relayed: bool, offload: bool) -> Pair {
-    let (ha, hb) = if relayed {
-        let ra = lab.add_router("ra", "203.0.113.21", Nat::Symmetric);
-        let rb = lab.add_router("rb", "203.0.113.22", Nat::Symmetric);
-        (
-            lab.add_host_behind(&ra, "a", 2),
-            lab.add_host_behind(&rb, "b", 2),
-        )
-    } else {
-        (
-            lab.add_host("a", "203.0.113.21"),
-            lab.add_host("b", "203.0.113.22"),
-        )
-    };
+    let (ha, hb) = host_pair(lab, relayed);
     let flag = format!("--offload={offload}");
     let mut nodes = Vec::new();
     for (h, name) in [(&ha, "a"), (&hb, "b")] {

@@ -26,9 +26,8 @@
 //! Binaries: `$LANMESH_BIN_DIR` (coordinator, node, relay); `$LANMESH_BORINGTUN` (boringtun-cli).
 
 use lanmesh_e2e::mesh::{Coordinator, Node, Relay, MESH_TIMEOUT};
-use lanmesh_e2e::{
-    clock_ticks, cpu_ticks, median, require_root, stdout, wait_until, Host, Lab, Nat,
-};
+use lanmesh_e2e::world::host_pair;
+use lanmesh_e2e::{clock_ticks, cpu_ticks, median, require_root, stdout, wait_until, Host, Lab};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -157,22 +156,12 @@ fn lanmesh_pair(tag: &str, relayed: bool, offload: bool) -> Pair {
     let coord = Coordinator::start(&lab, &coord_host, &[]);
     let key = coord.create_key(&lab, &["--reusable"]);
     let mut relays = Vec::new();
-    let (ha, hb) = if relayed {
+    if relayed {
         let relay_key = coord.create_key(&lab, &["--relay"]);
         let h = lab.add_host("relay", "203.0.113.30");
         relays.push(Relay::start(&lab, &h, "r1", &coord.addr, &relay_key, &[]));
-        let ra = lab.add_router("ra", "203.0.113.21", Nat::Symmetric);
-        let rb = lab.add_router("rb", "203.0.113.22", Nat::Symmetric);
-        (
-            lab.add_host_behind(&ra, "a", 2),
-            lab.add_host_behind(&rb, "b", 2),
-        )
-    } else {
-        (
-            lab.add_host("a", "203.0.113.11"),
-            lab.add_host("b", "203.0.113.12"),
-        )
-    };
+    }
+    let (ha, hb) = host_pair(&lab, relayed);
     let mut nodes = Vec::new();
     for (h, name) in [(&ha, "a"), (&hb, "b")] {
         let mut n = Node::new(&lab, h, name, &coord.addr);
