@@ -106,7 +106,7 @@ pub struct BatchSocket {
     io: AsyncFd<UdpSocket>,
     state: UdpSocketState,
     batch: GsoBatch,
-    /// Whether GSO is used at all (`--no-offload` turns it off).
+    /// Whether GSO is asked for (`--offload=false` says no).
     gso: bool,
     rx: Vec<Vec<u8>>,
     metas: Vec<RecvMeta>,
@@ -130,7 +130,7 @@ impl BatchSocket {
         let state = UdpSocketState::new((&socket).into())?;
         if !offload {
             // quinn-udp turns GRO on where it can: off again, so datagrams arrive one each.
-            set_udp_gro(&socket, false);
+            disable_udp_gro(&socket);
         }
         Ok(BatchSocket {
             // SAFETY: the socket is owned by the AsyncFd, which deregisters it before closing.
@@ -182,17 +182,15 @@ impl BatchSocket {
         let sent = self.state.send(socket.into(), &transmit);
         self.counters.sends += 1;
         self.counters.datagrams_out += self.batch.len() as u64;
-        if let Err(e) = sent {
-            if self.batch.len() > 1 && e.kind() != io::ErrorKind::WouldBlock {
-                // quinn-udp stops segmenting on EIO/EINVAL (no checksum offload on the egress):
-                // this batch goes again one datagram at a time, and so do all later ones.
-                debug!("UDP GSO send failed ({e}); sending one datagram per call from now on");
-                self.gso = false;
-                let dst = transmit.destination;
-                for d in self.batch.datagrams() {
-                    let _ = socket.send_to(d, dst);
-                    self.counters.sends += 1;
-                }
+        // quinn-udp stops segmenting for good when a GSO send fails with EIO or EINVAL (no
+        // checksum offload on the egress): that batch goes again one datagram at a time.
+        // Other errors (no route, a full buffer) drop it, as they would a single datagram.
+        if sent.is_err() && self.batch.len() > 1 && self.state.max_gso_segments() == 1 {
+            debug!("UDP GSO send failed; sending one datagram per call from now on");
+            let dst = transmit.destination;
+            for d in self.batch.datagrams() {
+                let _ = socket.send_to(d, dst);
+                self.counters.sends += 1;
             }
         }
         self.batch.clear();
@@ -246,9 +244,9 @@ fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn set_udp_gro(socket: &std::net::UdpSocket, on: bool) {
+fn disable_udp_gro(socket: &UdpSocket) {
     use std::os::fd::AsRawFd;
-    let value: libc::c_int = on.into();
+    let value: libc::c_int = 0;
     // SAFETY: a live socket, a c_int option of the right size.
     unsafe {
         libc::setsockopt(
