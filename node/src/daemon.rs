@@ -158,28 +158,7 @@ pub async fn run(opts: UpOptions) -> anyhow::Result<()> {
                 }
             },
             r = tun_read => if let (Ok(n), Some(tun)) = (r, &os.tun) {
-                let now = Instant::now();
-                // Without offload every read brings one packet: read on until the queue is
-                // empty (or enough for one turn), then send them all in one GSO train.
-                let (mut n, mut packets) = (n, 0);
-                for call in 1..=TUN_READS {
-                    for i in 0..n {
-                        node.handle_tun_packet(now, tun_io.packet(i));
-                    }
-                    packets += n;
-                    if call == 1 && n == 1 {
-                        // A lone packet (a ping, a keystroke) leaves before we look for more.
-                        flush_data(&mut node, &mut udp, &mut tun_io, Some(tun)).await;
-                    }
-                    if call == TUN_READS || packets >= TUN_PACKETS {
-                        break; // Only read what this turn will handle.
-                    }
-                    match tun_io.try_recv(tun) {
-                        Ok(more) => n = more,
-                        Err(_) => break,
-                    }
-                }
-                flush_data(&mut node, &mut udp, &mut tun_io, Some(tun)).await;
+                read_tun_turn(&mut node, &mut udp, &mut tun_io, tun, n).await;
             },
             r = timer.wait() => match r {
                 Ok(()) => node.handle_timeout(Instant::now()),
@@ -226,17 +205,42 @@ async fn flush_data(
     udp.flush();
     while let Some(p) = node.poll_tun_write() {
         if tun_io.queue(&p) {
-            match tun {
-                Some(tun) => tun_io.write(tun).await,
-                None => tun_io.discard(),
-            }
+            tun_io.write(tun).await;
         }
         node.recycle(p);
     }
-    match tun {
-        Some(tun) => tun_io.write(tun).await,
-        None => tun_io.discard(),
+    tun_io.write(tun).await;
+}
+
+/// One turn's TUN reads, the first of which brought `n` packets. Without offload every read
+/// brings one packet: read on until the queue is empty (or enough for one turn), then send
+/// them all in one GSO train — but a lone packet (a ping, a keystroke) leaves at once.
+async fn read_tun_turn(
+    node: &mut NodeState,
+    udp: &mut BatchSocket,
+    tun_io: &mut TunBatch,
+    tun: &tun_rs::AsyncDevice,
+    mut n: usize,
+) {
+    let now = Instant::now();
+    let mut packets = 0;
+    for call in 1..=TUN_READS {
+        for i in 0..n {
+            node.handle_tun_packet(now, tun_io.packet(i));
+        }
+        packets += n;
+        if call == 1 && n == 1 {
+            flush_data(node, udp, tun_io, Some(tun)).await;
+        }
+        if call == TUN_READS || packets >= TUN_PACKETS {
+            break; // Only read what this turn will handle.
+        }
+        match tun_io.try_recv(tun) {
+            Ok(more) => n = more,
+            Err(_) => break,
+        }
     }
+    flush_data(node, udp, tun_io, Some(tun)).await;
 }
 
 /// What the driver does for the core: the interface, names, the state dir.
@@ -309,7 +313,7 @@ fn data_path(opts: &UpOptions, os: &Os, tun: &TunBatch, udp: &BatchSocket) -> Da
     .and_then(|s| s.trim().parse().ok())
     .unwrap_or(0);
     DataPathStatus {
-        tun_offload: opts.offload && os.tun.as_ref().is_some_and(|t| t.tcp_gso()),
+        tun_offload: os.tun.as_ref().is_some_and(|t| t.tcp_gso()),
         udp_gso: udp.uses_gso(),
         tun_reads: tun.counters.reads,
         tun_packets_in: tun.counters.packets_in,

@@ -86,18 +86,14 @@ impl TunBatch {
         self.queued == self.tx.len()
     }
 
-    /// Writes what is queued (a full TUN queue drops packets, as a NIC would).
-    pub async fn write(&mut self, tun: &AsyncDevice) {
-        if self.queued > 0 {
-            let n = std::mem::take(&mut self.queued);
+    /// Writes what is queued (a full TUN queue drops packets, as a NIC would; without an
+    /// interface yet they are dropped).
+    pub async fn write(&mut self, tun: Option<&AsyncDevice>) {
+        let n = std::mem::take(&mut self.queued);
+        if let (Some(tun), true) = (tun, n > 0) {
             let _ = tun
                 .send_multiple(&mut self.gro, &mut self.tx[..n], VIRTIO_NET_HDR_LEN)
                 .await;
         }
-    }
-
-    /// Forgets what is queued (no interface to write to).
-    pub fn discard(&mut self) {
-        self.queued = 0;
     }
 }
