@@ -74,16 +74,20 @@ impl BindKey {
 
     /// The key for the frames of the session a bind with `timestamp` opened.
     pub fn session_key(&self, timestamp: u64) -> FrameKey {
-        let mut h = Blake2s256::new();
-        h.update(b"lanmesh relay frames v1");
-        h.update(self.raw);
-        h.update(timestamp.to_le_bytes());
-        let raw: [u8; 32] = h.finalize().into();
+        let raw = self.session_secret(timestamp);
         let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &raw)
             .expect("a 32-byte key");
         FrameKey {
             cipher: ring::aead::LessSafeKey::new(key),
         }
+    }
+
+    fn session_secret(&self, timestamp: u64) -> [u8; 32] {
+        let mut h = Blake2s256::new();
+        h.update(b"lanmesh relay frames v1");
+        h.update(self.raw);
+        h.update(timestamp.to_le_bytes());
+        h.finalize().into()
     }
 
     fn seal(&self, nonce: &[u8; 12], ad: &[u8], body: &mut [u8]) -> [u8; 16] {
@@ -306,12 +310,7 @@ mod tests {
         let (_, relay_p) = pair(2);
         let bind_key = BindKey::derive(&node_s, &node_p, &relay_p);
         let key = bind_key.session_key(99);
-        let mut h = Blake2s256::new();
-        h.update(b"lanmesh relay frames v1");
-        h.update(bind_key.raw);
-        h.update(99u64.to_le_bytes());
-        let raw: [u8; 32] = h.finalize().into();
-        let old = ChaCha20Poly1305::new(Key::from_slice(&raw));
+        let old = ChaCha20Poly1305::new(Key::from_slice(&bind_key.session_secret(99)));
         let mut buf = vec![0u8; SEND_HEADER + 100 + MAC_LEN];
         buf[SEND_HEADER..SEND_HEADER + 100].fill(7);
         let len = key.seal_send(4, 1234, &node_p, &mut buf, 100).unwrap();
