@@ -2,8 +2,8 @@
 # Benchmark (not a test): lanmesh's data path against boringtun-cli 0.7.1 (`--threads 1` and
 # its default) and wireguard-go, on this machine in one run: iperf3 TCP with 1 and 4 streams,
 # UDP goodput at 1300-byte datagrams with loss, ping avg/mdev, both daemons' CPU; lanmesh also
-# relayed; then an idle node's RSS and CPU. Prints one table of medians and the ratios to
-# boringtun-cli `--threads 1`. See tests/src/bin/bench_throughput.rs.
+# with --offload=false and relayed; then an idle node's RSS, CPU and wakeups. Prints one table
+# of medians and the ratios to boringtun-cli `--threads 1`. See tests/src/bin/bench_throughput.rs.
 #
 #   bench/throughput.sh                          3 rounds of 10 s per measurement
 #   bench/throughput.sh --seconds 5 --rounds 1   quicker

@@ -116,32 +116,27 @@ fn bulk_both_ways(tag: &str, relayed: bool, offload: bool) {
         },
     );
     let p = pair(&lab, &w, relayed, offload);
-    let to_b = Transfer::start(
-        &lab,
-        &p.a.host.ns,
-        &p.b.host.ns,
-        &format!("{}:5001", p.b_ip),
-        BULK_BYTES,
-        None,
-        LIMIT,
+    // a → b and b → a at once.
+    let transfers = [(&p.a, &p.b, &p.b_ip, 5001), (&p.b, &p.a, &p.a_ip, 5002)].map(
+        |(from, to, to_ip, port)| {
+            let target = format!("{to_ip}:{port}");
+            let t = Transfer::start(
+                &lab,
+                &from.host.ns,
+                &to.host.ns,
+                &target,
+                BULK_BYTES,
+                None,
+                LIMIT,
+            );
+            (format!("{} → {}", from.name, to.name), t)
+        },
     );
-    let to_a = Transfer::start(
-        &lab,
-        &p.b.host.ns,
-        &p.a.host.ns,
-        &format!("{}:5002", p.a_ip),
-        BULK_BYTES,
-        None,
-        LIMIT,
-    );
-    let took_b = to_b.finish(&lab, LIMIT);
-    let took_a = to_a.finish(&lab, LIMIT);
-    let mbit = |t: Duration| BULK_BYTES as f64 * 8.0 / t.as_secs_f64() / 1e6;
-    eprintln!(
-        "{what}: a → b {:.0} Mbit/s, b → a {:.0} Mbit/s (both at once)",
-        mbit(took_b),
-        mbit(took_a)
-    );
+    for (direction, t) in transfers {
+        let took = t.finish(&lab, LIMIT);
+        let mbit = BULK_BYTES as f64 * 8.0 / took.as_secs_f64() / 1e6;
+        eprintln!("{what}: {direction} {mbit:.0} Mbit/s (both ways at once)");
+    }
     let (ab, ba) = counters_agree(&lab, &p);
     assert!(
         ab >= BULK_BYTES && ba >= BULK_BYTES,
